@@ -1,0 +1,198 @@
+"""Atelier: a browser studio for diffusion models.
+
+    python app.py                      # the studio (until the UI lands: help)
+    python app.py models --json        # list models
+    python app.py generate --prompt "a red fox" --steps 20 --out outputs
+    python app.py generate --jobs jobs.jsonl --out outputs
+
+Nothing happens at import: settings are read and the engine is built in main().
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_BAD_INPUT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pipelines.settings import ENGINE_SETTINGS, add_arguments
+
+    parser = argparse.ArgumentParser(prog="app.py", description="Atelier diffusion studio")
+    add_arguments(parser, ENGINE_SETTINGS)
+    parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    sub = parser.add_subparsers(dest="command")
+
+    models = sub.add_parser("models", help="list the available models")
+    models.add_argument("--json", action="store_true", help="print a JSON list")
+
+    gen = sub.add_parser("generate", help="generate images from the command line")
+    gen.add_argument("--prompt", help="what to draw")
+    gen.add_argument("--negative-prompt", default="", help="what to avoid")
+    gen.add_argument("--model", help="model name, Hub id (owner/name) or local diffusers folder")
+    gen.add_argument("--scheduler", help='sampler name as in the table, e.g. "DPM++ 2M Karras"')
+    gen.add_argument("--steps", type=int, help="number of denoising steps")
+    gen.add_argument("--cfg", type=float, help="classifier-free guidance scale")
+    gen.add_argument("--seed", type=int, default=-1, help="seed of image 0 (-1 = random)")
+    gen.add_argument("--width", type=int)
+    gen.add_argument("--height", type=int)
+    gen.add_argument("--batch-size", type=int, default=1, help="images per call")
+    gen.add_argument("--batch-count", type=int, default=1, help="number of calls")
+    gen.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
+                     help="apply a LoRA (repeatable)")  # fmt: skip
+    gen.add_argument("--out", type=Path, help="folder for the PNGs (default: outputs dir)")
+    gen.add_argument("--task-id", help="name the files <task-id>-<n>.png and echo it in --json")
+    gen.add_argument("--jobs", type=Path, help="JSON-lines file of requests, one per line")
+    gen.add_argument("--json", action="store_true", help="print a JSON object per request")
+    return parser
+
+
+def build_manager(args: argparse.Namespace) -> Any:
+    from pipelines.manager import PipelineManager
+    from pipelines.settings import ENGINE_SETTINGS, engine_settings, resolve
+
+    values = resolve(ENGINE_SETTINGS, args)
+    return PipelineManager(engine_settings(values)), values
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    manager, _ = build_manager(args)
+    entries = [e.to_dict() for e in manager.registry.list()]
+    if args.json:
+        print(json.dumps(entries, indent=2))
+    else:
+        for e in entries:
+            print(f"{e['name']:<24} {e['family']:<6} {e['path']}")
+    return 0
+
+
+def _lora_pairs(items: list[str]) -> dict[str, float]:
+    from pipelines.errors import RequestError
+
+    pairs = {}
+    for item in items:
+        name, sep, weight = item.rpartition(":")
+        if not sep:
+            name, weight = item, "1"
+        try:
+            pairs[name] = float(weight)
+        except ValueError:
+            raise RequestError("lora", f"must be NAME:WEIGHT with a number, got {item!r}") from None
+    return pairs
+
+
+def _request_from_args(args: argparse.Namespace, manager: Any) -> Any:
+    from pipelines.errors import RequestError
+    from pipelines.request import GenerationRequest
+
+    if not args.prompt and args.prompt != "":
+        raise RequestError("prompt", "is required (--prompt TEXT) unless --jobs is given")
+    model = args.model
+    if model and Path(model).expanduser().is_dir():
+        model = manager.registry.add(model)  # a local folder, trusted on the command line
+    return GenerationRequest(
+        prompt=args.prompt,
+        negative_prompt=args.negative_prompt,
+        model=model,
+        scheduler=args.scheduler,
+        num_inference_steps=args.steps,
+        guidance_scale=args.cfg,
+        width=args.width,
+        height=args.height,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        batch_count=args.batch_count,
+        loras=_lora_pairs(args.lora),
+    )
+
+
+def _run_one(manager: Any, request: Any, out: Path | None, task_id: str | None) -> dict:
+    from pipelines.outputs import save_result
+
+    result = manager.generate(request)
+    paths = save_result(result, out, task_id) if out else []
+    return {
+        "task_id": task_id,
+        "paths": [str(p) for p in paths],
+        "seeds": result.seeds,
+        "infotexts": result.infotexts,
+        "request": result.request.to_dict(),
+        "seconds": round(result.timings["total"], 3),
+    }
+
+
+def _out_dir(args: argparse.Namespace, values: dict) -> Path | None:
+    if args.out:
+        return args.out
+    return None if values["outputs_dir"] == "off" else Path(values["outputs_dir"])
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from pipelines.errors import AtelierError, RequestError
+
+    manager, values = build_manager(args)
+    out = _out_dir(args, values)
+    if args.jobs:
+        return run_jobs(manager, args.jobs, out)
+    try:
+        report = _run_one(manager, _request_from_args(args, manager), out, args.task_id)
+    except RequestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except AtelierError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        print("\n".join(report["paths"]))
+    return 0
+
+
+def run_jobs(manager: Any, jobs_file: Path, out: Path | None) -> int:
+    """One JSON result line per job; a bad job is reported and the rest still run."""
+    from tqdm import tqdm
+
+    from pipelines.errors import AtelierError, RequestError
+    from pipelines.request import GenerationRequest
+
+    lines = [ln for ln in jobs_file.read_text().splitlines() if ln.strip()]
+    worst = 0
+    for n, line in enumerate(tqdm(lines, desc="jobs", unit="job", file=sys.stderr)):
+        task_id = None
+        try:
+            data = json.loads(line)
+            if isinstance(data, dict):
+                task_id = data.pop("task_id", None)
+            report = {"job": n, "ok": True, **_run_one(
+                manager, GenerationRequest.from_dict(data), out, task_id)}  # fmt: skip
+        except (json.JSONDecodeError, RequestError) as e:
+            field = getattr(e, "field", "job")
+            report = {"job": n, "ok": False, "task_id": task_id, "field": field, "error": str(e)}
+            worst = max(worst, EXIT_BAD_INPUT)
+        except AtelierError as e:
+            report = {"job": n, "ok": False, "task_id": task_id, "error": str(e)}
+            worst = max(worst, 1)
+        print(json.dumps(report, ensure_ascii=False), flush=True)
+    return worst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "models":
+        return cmd_models(args)
+    if args.command == "generate":
+        return cmd_generate(args)
+    parser.print_help()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Model families: what differs between SD 1.5, SDXL, Flux and Wan, as data.
+
+A family is decided from a model folder's `model_index.json` (its pipeline
+class and components), never guessed from the model's name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    label: str
+    pipeline_class: str  # diffusers class name that runs text-to-image / video
+    kind: str  # "image" or "video"
+    size_multiple: int  # width and height must be multiples of this
+    default_size: int
+    min_size: int
+    max_size: int
+    default_steps: int
+    default_cfg: float
+    default_scheduler: str
+    flow: bool  # flow-matching (Flux, Wan) or noise-prediction (SD, SDXL)
+    gpu_dtype: str  # "float16" or "bfloat16"
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family(
+            "sd15",
+            "Stable Diffusion 1.x/2.x",
+            "StableDiffusionPipeline",
+            "image",
+            8,
+            512,
+            64,
+            2048,
+            20,
+            7.0,
+            "DPM++ 2M Karras",
+            False,
+            "float16",
+        ),
+        Family(
+            "sdxl",
+            "Stable Diffusion XL",
+            "StableDiffusionXLPipeline",
+            "image",
+            8,
+            1024,
+            64,
+            2048,
+            25,
+            6.0,
+            "DPM++ 2M Karras",
+            False,
+            "float16",
+        ),
+        Family(
+            "flux",
+            "Flux",
+            "FluxPipeline",
+            "image",
+            16,
+            1024,
+            64,
+            2048,
+            28,
+            3.5,
+            "Flow Euler",
+            True,
+            "bfloat16",
+        ),
+        Family(
+            "wan21",
+            "Wan 2.1",
+            "WanPipeline",
+            "video",
+            16,
+            480,
+            64,
+            1280,
+            30,
+            5.0,
+            "UniPC",
+            True,
+            "bfloat16",
+        ),
+        Family(
+            "wan22",
+            "Wan 2.2 A14B",
+            "WanPipeline",
+            "video",
+            16,
+            480,
+            64,
+            1280,
+            40,
+            4.0,
+            "UniPC",
+            True,
+            "bfloat16",
+        ),
+    )
+}
+
+
+def family_from_model_index(index: dict) -> Family:
+    """Pick the family from a parsed model_index.json; raise ValueError if unknown."""
+    cls = index.get("_class_name", "")
+    if cls == "WanPipeline":
+        two_experts = (index.get("transformer_2") or [None, None])[0] is not None
+        return FAMILIES["wan22" if two_experts else "wan21"]
+    for fam in FAMILIES.values():
+        if fam.pipeline_class == cls and fam.kind == "image":
+            return fam
+    known = sorted({f.pipeline_class for f in FAMILIES.values()})
+    raise ValueError(f"pipeline class {cls!r} is not supported; supported: {', '.join(known)}")

@@ -1,0 +1,112 @@
+"""Loading a model onto one device: the single verb that puts weights somewhere.
+
+Chooses the dtype (fp32 on CPU; the family's fp16/bf16 on GPU unless the
+settings say otherwise), loads with `from_pretrained` from the local folder
+(exactly the same path for built-in, local and Hub models), moves to the slot's
+device and applies the attention/VAE options, which are global on the shared
+modules and therefore decided once per cached model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import ModelUnavailableError
+from .families import Family
+from .registry import ModelEntry
+
+log = logging.getLogger(__name__)
+
+# from_pretrained runs under accelerate's init_empty_weights, which patches
+# torch.nn.Module for the whole process while it runs: two loads at once in one
+# process hand each other meta tensors ("Cannot copy out of meta tensor").
+# Every load of weights (models, LoRAs, ControlNets) takes this lock.
+LOAD_LOCK = threading.Lock()
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    dtype: str = "auto"  # "auto" | "float32" | "float16" | "bfloat16"
+    # "auto": xformers if installed and on CUDA, else SDPA; or "sdpa" / "xformers"
+    attention: str = "auto"
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+
+
+def choose_dtype(option: str, family: Family, device: torch.device) -> torch.dtype:
+    if option != "auto":
+        if option not in DTYPES:
+            raise ValueError(f"dtype must be one of auto, {', '.join(DTYPES)}; got {option!r}")
+        return DTYPES[option]
+    if device.type != "cuda":
+        return torch.float32  # half precision on CPU is slow or unsupported
+    if family.gpu_dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return DTYPES[family.gpu_dtype]
+
+
+def load_pipeline(entry: ModelEntry, device: torch.device, options: LoadOptions) -> Any:
+    """A ready base pipeline for `entry` on `device`. Its scheduler is never run."""
+    from diffusers import DiffusionPipeline
+
+    dtype = choose_dtype(options.dtype, entry.family, device)
+    extra: dict[str, Any] = {}
+    if entry.family.name == "sd15":
+        # As in A1111: no safety checker (it blacks out images and costs 1.2 GB).
+        extra = {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        with LOAD_LOCK:
+            pipe = DiffusionPipeline.from_pretrained(str(entry.path), dtype=dtype, **extra)
+    except OSError as e:
+        raise ModelUnavailableError(f"model '{entry.name}' could not be loaded: {e}") from e
+    pipe.to(device)
+    _apply_options(pipe, device, options)
+    log.info("loaded %s (%s) on %s as %s", entry.name, entry.family.name, device, dtype)
+    return pipe
+
+
+def _apply_options(pipe: Any, device: torch.device, options: LoadOptions) -> None:
+    use_xformers = options.attention == "xformers" or (
+        options.attention == "auto"
+        and device.type == "cuda"
+        and importlib.util.find_spec("xformers") is not None
+    )
+    if use_xformers:
+        if importlib.util.find_spec("xformers") is None:
+            raise ModelUnavailableError("attention=xformers needs the 'xformers' package installed")
+        pipe.enable_xformers_memory_efficient_attention()
+    if options.attention_slicing:
+        pipe.enable_attention_slicing()
+    if options.vae_tiling and getattr(pipe, "vae", None) is not None:
+        pipe.vae.enable_tiling()
+
+
+def fresh_pipeline(base: Any, scheduler: Any) -> Any:
+    """A new pipeline object for one request that shares every module of `base`.
+
+    Pipelines keep per-call state (`_guidance_scale`, `_interrupt`, ...), so
+    concurrent requests must not share one. The constructor form never casts the
+    shared modules (unlike `from_pipe` without `dtype`, diffusers#12754).
+    Non-module config (e.g. SDXL's force_zeros_for_empty_prompt, Wan's
+    boundary_ratio) is carried over so the new object behaves like the base.
+    """
+    import inspect
+
+    components = {**base.components, "scheduler": scheduler}
+    params = inspect.signature(type(base).__init__).parameters
+    extra = {
+        k: v
+        for k, v in base.config.items()
+        if k in params and k not in components and not k.startswith("_")
+    }
+    pipe = type(base)(**components, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,369 @@
+"""PipelineManager: the one owner of models, devices, caches and locks.
+
+Policy
+- One DeviceSlot per device (default: every CUDA GPU, else one CPU slot). A slot
+  runs one request at a time under its own lock and has its own model cache
+  and an explicit torch.device; nothing is global or thread-local.
+- A request goes to a free slot, preferring one that already holds its model.
+- Per request: a fresh scheduler built from the model's pristine config and a
+  fresh pipeline object sharing the cached modules. Swapping scheduler or
+  sampler never reloads weights.
+- LoRAs are activated on the cached model for this request only, under the
+  slot's lock, and deactivated before the lock is released.
+- Seeds: one CPU generator per image, seed, seed+1, ...: any image of a batch
+  reproduces alone, on any device.
+- Cancel raises from the step callback, so the run stops within one step and
+  skips the VAE decode.
+
+Threads: any number of caller threads may call `generate`. Lock order:
+`_cond` (slot choice) -> slot.lock -> slot.cache's lock. `_cond` is never held
+while a model loads or runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from .cache import ModelCache, module_bytes
+from .errors import Cancelled, RequestError
+from .hashes import folder_model_hash
+from .loading import LOAD_LOCK, LoadOptions, fresh_pipeline, load_pipeline
+from .loras import LoraEntry, LoraLibrary
+from .parameters import infotext_for
+from .preview import preview_from_latents
+from .registry import ModelEntry, ModelRegistry
+from .request import MAX_SEED, GenerationRequest, check_name, resolve_defaults, validate
+from .schedulers import build_scheduler, get_spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    devices: tuple[str, ...] = ()  # () = every CUDA GPU, else one CPU slot
+    default_model: str = "tiny-sd"
+    models_dir: Path | None = None
+    loras_dir: Path | None = None
+    cache_root: Path | None = None  # built-in models; None = ~/.cache/atelier
+    cache_budget_mb: int | None = None  # per slot; None = 90% of GPU memory / half the RAM
+    allow_hub: bool = True
+    preview_every: int = 0  # steps between previews; 0 = none
+    load: LoadOptions = field(default_factory=LoadOptions)
+
+
+@dataclass(frozen=True)
+class ProgressEvent:
+    step: int  # steps done so far, over all calls of the request
+    total: int
+    preview: Image.Image | None = None
+
+
+class CancelToken:
+    """Set from any thread; the run stops at the end of its current step."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest  # resolved: defaults filled in, seed chosen
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    slot: str
+    timings: dict[str, float]  # seconds: prepare, queue, load, run, total
+
+
+@dataclass
+class LoadedModel:
+    entry: ModelEntry
+    pipeline: Any
+    pristine_scheduler: dict[str, Any]  # as shipped; every scheduler is built from it
+    model_hash: str
+    adapters: dict[str, str] = field(default_factory=dict)  # LoRA sha256 -> adapter name
+
+
+class DeviceSlot:
+    def __init__(self, name: str, device: torch.device, budget_bytes: int | None) -> None:
+        self.name = name
+        self.device = device
+        self.cache = ModelCache(budget_bytes, device)
+        self.lock = threading.Lock()
+        self.busy = False  # guarded by the manager's condition
+        self.loads = 0  # base models loaded from disk (tests count them)
+
+    def __repr__(self) -> str:
+        return f"DeviceSlot({self.name}, models={self.cache.names()})"
+
+
+def default_devices() -> tuple[str, ...]:
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return tuple(f"cuda:{i}" for i in range(n)) or ("cpu",)
+
+
+def default_budget(device: torch.device, n_slots_on_device: int) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.get_device_properties(device).total_memory * 0.9)
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return int(ram * 0.5 / max(1, n_slots_on_device))
+
+
+class PipelineManager:
+    def __init__(
+        self,
+        settings: EngineSettings | None = None,
+        registry: ModelRegistry | None = None,
+        loras: LoraLibrary | None = None,
+    ) -> None:
+        self.settings = s = settings or EngineSettings()
+        self.registry = registry or ModelRegistry(s.models_dir, s.cache_root, s.allow_hub)
+        self.loras = loras or LoraLibrary(s.loras_dir, s.cache_root)
+        devices = s.devices or default_devices()
+        self.slots: list[DeviceSlot] = []
+        for i, dev in enumerate(devices):
+            device = torch.device(dev)
+            same = sum(1 for d in devices if torch.device(d).type == device.type)
+            budget = s.cache_budget_mb * 2**20 if s.cache_budget_mb else None
+            budget = budget or default_budget(device, same)
+            self.slots.append(DeviceSlot(f"{dev}#{i}", device, budget))
+        self._cond = threading.Condition()
+
+    # -- 1. preparing a request (no slot needed) -----------------------------
+    def prepare(self, request: GenerationRequest) -> tuple[GenerationRequest, ModelEntry]:
+        """Resolve defaults, validate, and choose the seed. Raises RequestError."""
+        if not isinstance(request, GenerationRequest):
+            raise RequestError("request", "must be a GenerationRequest")
+        name = request.model or self.settings.default_model
+        check_name("model", name, "model")
+        entry = self.registry.resolve(name)
+        if entry.family.kind != "image":
+            rule = f"'{name}' is a {entry.family.label} video model; use the video command"
+            raise RequestError("model", rule)
+        req = resolve_defaults(request, name, entry.family)
+        validate(req, entry.family)
+        get_spec(req.scheduler, entry.family)  # unknown scheduler -> list of valid ones
+        for lora_name, _ in req.loras:
+            self.loras.get(lora_name)
+        if req.seed == -1:
+            req = replace(req, seed=secrets.randbelow(MAX_SEED + 1))
+        return req, entry
+
+    # -- 2. slots ------------------------------------------------------------
+    @contextmanager
+    def _slot_for(self, key: str, cancel: CancelToken | None) -> Iterator[DeviceSlot]:
+        with self._cond:
+            while True:
+                free = [s for s in self.slots if not s.busy]
+                if free:
+                    # Prefer the slot that holds the model; else the emptiest one.
+                    slot = max(free, key=lambda s: (key in s.cache, -s.cache.total_bytes()))
+                    slot.busy = True
+                    break
+                if cancel is not None and cancel.cancelled:
+                    raise Cancelled("cancelled while waiting for a device")
+                self._cond.wait(timeout=0.2)  # wakes on release; timeout only to see cancel
+        try:
+            with slot.lock:
+                yield slot
+        finally:
+            with self._cond:
+                slot.busy = False
+                self._cond.notify_all()
+
+    def _loaded(self, slot: DeviceSlot, entry: ModelEntry) -> str:
+        """The cache key of `entry` on `slot`, loading it if needed."""
+        key = f"{entry.name}@{entry.path}"
+        if key in slot.cache:
+            return key
+        slot.cache.make_room(_disk_bytes(entry.path))
+        pipe = load_pipeline(entry, slot.device, self.settings.load)
+        slot.loads += 1
+        loaded = LoadedModel(
+            entry=entry,
+            pipeline=pipe,
+            pristine_scheduler=dict(pipe.scheduler.config),
+            model_hash=folder_model_hash(entry.path),
+        )
+        slot.cache.put(key, loaded, module_bytes(pipe))
+        return key
+
+    # -- 3. running ----------------------------------------------------------
+    def generate(
+        self,
+        request: GenerationRequest,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> GenerationResult:
+        t0 = time.perf_counter()
+        # 1. validate and resolve
+        req, entry = self.prepare(request)
+        loras = [(self.loras.get(n), w) for n, w in req.loras]
+        t_prep = time.perf_counter()
+        # 2. acquire a slot, preferring one that holds the model
+        key = f"{entry.name}@{entry.path}"
+        with self._slot_for(key, cancel) as slot:
+            t_slot = time.perf_counter()
+            # 3. load (or find) the base model and lock it against eviction
+            key = self._loaded(slot, entry)
+            t_load = time.perf_counter()
+            with slot.cache.locked(key) as loaded:
+                # 4. run each call with fresh scheduler + pipeline
+                images, seeds = self._run(slot, loaded, req, loras, on_progress, cancel)
+                model_hash = loaded.model_hash
+            t_run = time.perf_counter()
+        # 5. describe each image
+        lora_hashes = {e.name: e.short_hash for e, _ in loras}
+        infotexts = [infotext_for(req, s, model_hash, lora_hashes) for s in seeds]
+        timings = {
+            "prepare": t_prep - t0,
+            "queue": t_slot - t_prep,
+            "load": t_load - t_slot,
+            "run": t_run - t_load,
+            "total": time.perf_counter() - t0,
+        }
+        return GenerationResult(req, images, seeds, infotexts, slot.name, timings)
+
+    def _run(
+        self,
+        slot: DeviceSlot,
+        loaded: LoadedModel,
+        req: GenerationRequest,
+        loras: list[tuple[LoraEntry, float]],
+        on_progress: Callable[[ProgressEvent], None] | None,
+        cancel: CancelToken | None,
+    ) -> tuple[list[Image.Image], list[int]]:
+        family = loaded.entry.family
+        images: list[Image.Image] = []
+        all_seeds: list[int] = []
+        with self._adapters(loaded, loras):
+            for call in range(req.batch_count):
+                if cancel is not None and cancel.cancelled:
+                    raise Cancelled("cancelled")
+                seeds = [req.seed + call * req.batch_size + i for i in range(req.batch_size)]
+                scheduler = build_scheduler(req.scheduler, family, loaded.pristine_scheduler, seeds)
+                pipe = fresh_pipeline(loaded.pipeline, scheduler)
+                callback = self._step_callback(req, family.name, call, on_progress, cancel)
+                out = pipe(
+                    **call_arguments(req, family.name, seeds),
+                    callback_on_step_end=callback,
+                    callback_on_step_end_tensor_inputs=["latents"],
+                )
+                images.extend(out.images)
+                all_seeds.extend(seeds)
+        return images, all_seeds
+
+    @contextmanager
+    def _adapters(
+        self, loaded: LoadedModel, loras: list[tuple[LoraEntry, float]]
+    ) -> Iterator[None]:
+        """Activate this request's LoRAs on the shared modules; always deactivate after."""
+        pipe = loaded.pipeline
+        names, weights = [], []
+        for lora, weight in loras:
+            adapter = loaded.adapters.get(lora.sha256)
+            if adapter is None:
+                adapter = f"lora_{lora.sha256[:16]}"
+                try:
+                    with LOAD_LOCK:
+                        pipe.load_lora_weights(str(lora.path), adapter_name=adapter)
+                except Exception as e:
+                    _drop_adapter(pipe, adapter)
+                    raise RequestError("loras", f"'{lora.name}' could not be loaded: {e}") from e
+                loaded.adapters[lora.sha256] = adapter
+            names.append(adapter)
+            weights.append(weight)
+        try:
+            if names:
+                pipe.enable_lora()
+                pipe.set_adapters(names, weights)
+            elif loaded.adapters:
+                pipe.disable_lora()
+            yield
+        finally:
+            if loaded.adapters:
+                pipe.disable_lora()
+
+    def _step_callback(
+        self,
+        req: GenerationRequest,
+        family: str,
+        call: int,
+        on_progress: Callable[[ProgressEvent], None] | None,
+        cancel: CancelToken | None,
+    ) -> Callable[..., dict[str, Any]]:
+        every = self.settings.preview_every
+
+        def callback(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+            if cancel is not None and cancel.cancelled:
+                # Raising (not pipe._interrupt) also skips the VAE decode.
+                raise Cancelled("cancelled")
+            if on_progress is not None:
+                per_call = pipe.num_timesteps
+                done = call * per_call + i + 1
+                preview = None
+                if every and (i + 1) % every == 0 and i + 1 < per_call:
+                    preview = preview_from_latents(
+                        kwargs["latents"], family, req.height, req.width, pipe.vae_scale_factor
+                    )
+                on_progress(ProgressEvent(done, per_call * req.batch_count, preview))
+            return {}
+
+        return callback
+
+    # -- queries -------------------------------------------------------------
+    def slot_summary(self) -> list[dict[str, Any]]:
+        return [
+            {"slot": s.name, "device": str(s.device), "busy": s.busy, "models": s.cache.names(),
+             "bytes": s.cache.total_bytes(), "loads": s.loads}
+            for s in self.slots
+        ]  # fmt: skip
+
+
+def call_arguments(req: GenerationRequest, family: str, seeds: list[int]) -> dict[str, Any]:
+    """The diffusers __call__ arguments of one call (shared with the parity tests)."""
+    args: dict[str, Any] = {
+        "prompt": req.prompt,
+        "num_inference_steps": req.num_inference_steps,
+        "guidance_scale": req.guidance_scale,
+        "width": req.width,
+        "height": req.height,
+        "num_images_per_prompt": req.batch_size,
+        "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
+    }
+    if family != "flux":
+        args["negative_prompt"] = req.negative_prompt or None
+    return args
+
+
+def _drop_adapter(pipe: Any, adapter: str) -> None:
+    """Remove a half-loaded adapter so the cached model stays clean."""
+    try:
+        present = {a for names in pipe.get_list_adapters().values() for a in names}
+        if adapter in present:
+            pipe.delete_adapters(adapter)
+    except Exception:  # the model may have no PEFT layers at all yet
+        log.debug("no adapter %s to drop", adapter, exc_info=True)
+
+
+def _disk_bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in Path(folder).rglob("*.safetensors"))

@@ -1,0 +1,216 @@
+"""The generation request: one frozen, JSON-serialisable value, validated up front.
+
+Field names follow diffusers' `__call__` (prompt, negative_prompt,
+num_inference_steps, guidance_scale, width, height) plus the studio's own:
+model, scheduler (A1111 name), seed (-1 = random), batch_size (images per
+call), batch_count (calls) and loras (name -> weight).
+
+`None` in model/scheduler/steps/cfg/size means "the model family's default";
+`resolve_defaults` fills them in, and the result a user gets back always carries
+the resolved request. Validation never rounds or falls back: it raises
+`RequestError(field, rule)`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from .errors import RequestError
+from .families import Family
+
+MAX_STEPS = 150
+MAX_CFG = 30.0
+MAX_BATCH_SIZE = 8
+MAX_BATCH_COUNT = 100
+MAX_PROMPT_CHARS = 10_000
+MAX_SEED = 2**32 - 1
+LORA_WEIGHT_RANGE = (-2.0, 2.0)
+MAX_LORAS = 16
+# Names of models and LoRAs: letters, digits, and . _ - (and one "/" for Hub ids).
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
+LORA_TAG_RE = re.compile(r"<lora:([^:<>]+):([^:<>]+)>")
+
+# Short names accepted in JSON and job files, as the CLI and API spell them.
+ALIASES = {
+    "steps": "num_inference_steps",
+    "cfg": "guidance_scale",
+    "cfg_scale": "guidance_scale",
+    "negative": "negative_prompt",
+}
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    negative_prompt: str = ""
+    model: str | None = None
+    scheduler: str | None = None
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    seed: int = -1
+    batch_size: int = 1
+    batch_count: int = 1
+    # (name, weight) pairs; a dict is accepted and normalised.
+    loras: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        loras = self.loras
+        if isinstance(loras, Mapping):
+            loras = tuple(loras.items())
+        if not isinstance(loras, Iterable) or isinstance(loras, str):
+            raise RequestError("loras", "must be a mapping of LoRA name to weight")
+        pairs = []
+        for item in loras:
+            if not (isinstance(item, (tuple, list)) and len(item) == 2):
+                raise RequestError("loras", "must be a mapping of LoRA name to weight")
+            pairs.append((item[0], item[1]))
+        object.__setattr__(self, "loras", tuple(pairs))
+
+    # -- JSON ---------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["loras"] = dict(self.loras)
+        return {k: v for k, v in d.items() if v is not None}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GenerationRequest:
+        if not isinstance(data, Mapping):
+            raise RequestError("request", "must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in data.items():
+            name = ALIASES.get(key, key)
+            if name not in known:
+                valid = ", ".join(sorted(known | set(ALIASES)))
+                raise RequestError(str(key), f"unknown field; known fields: {valid}")
+            kwargs[name] = value
+        if "prompt" not in kwargs:
+            raise RequestError("prompt", "is required")
+        return cls(**kwargs)
+
+    @classmethod
+    def from_json(cls, text: str) -> GenerationRequest:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise RequestError("request", f"is not valid JSON: {e.msg} at char {e.pos}") from e
+        return cls.from_dict(data)
+
+    def image_count(self) -> int:
+        return self.batch_size * self.batch_count
+
+
+def split_lora_tags(prompt: str) -> tuple[str, tuple[tuple[str, float], ...]]:
+    """Take A1111 `<lora:name:weight>` tags out of a prompt: (clean prompt, pairs)."""
+    pairs = []
+    for name, weight in LORA_TAG_RE.findall(prompt):
+        try:
+            value = float(weight)
+        except ValueError:
+            raise RequestError(
+                "prompt", f"<lora:{name}:{weight}> needs a number as weight"
+            ) from None
+        pairs.append((name.strip(), value))
+    clean = LORA_TAG_RE.sub("", prompt)
+    clean = re.sub(r"[ \t]{2,}", " ", clean).strip()
+    clean = re.sub(r"\s*,\s*(,\s*)+", ", ", clean).strip(" ,")
+    return clean, tuple(pairs)
+
+
+def resolve_defaults(req: GenerationRequest, model: str, family: Family) -> GenerationRequest:
+    """Fill every `None` with the family default and move prompt LoRA tags into `loras`."""
+    prompt, tagged = (
+        split_lora_tags(req.prompt) if isinstance(req.prompt, str) else (req.prompt, ())
+    )
+    merged = dict(tagged)
+    merged.update(dict(req.loras))  # explicit weights win over tags of the same name
+    return replace(
+        req,
+        prompt=prompt,
+        model=model,
+        scheduler=req.scheduler or family.default_scheduler,
+        num_inference_steps=req.num_inference_steps
+        if req.num_inference_steps is not None
+        else family.default_steps,
+        guidance_scale=req.guidance_scale if req.guidance_scale is not None else family.default_cfg,
+        width=req.width if req.width is not None else family.default_size,
+        height=req.height if req.height is not None else family.default_size,
+        loras=tuple(merged.items()),
+    )
+
+
+def _int(field_name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(field_name, f"must be a whole number from {lo} to {hi}, got {value!r}")
+    if not lo <= value <= hi:
+        raise RequestError(field_name, f"must be from {lo} to {hi}, got {value}")
+
+
+def _number(field_name: str, value: Any, lo: float, hi: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise RequestError(field_name, f"must be a number from {lo:g} to {hi:g}, got {value!r}")
+    if not math.isfinite(value) or not lo <= value <= hi:
+        raise RequestError(field_name, f"must be a number from {lo:g} to {hi:g}, got {value!r}")
+
+
+def _text(field_name: str, value: Any) -> None:
+    if not isinstance(value, str):
+        raise RequestError(field_name, f"must be text, got {type(value).__name__}")
+    if len(value) > MAX_PROMPT_CHARS:
+        rule = f"must be at most {MAX_PROMPT_CHARS} characters, got {len(value)}"
+        raise RequestError(field_name, rule)
+    if "\x00" in value:
+        raise RequestError(field_name, "must not contain NUL characters")
+
+
+def check_name(field_name: str, value: Any, what: str) -> None:
+    """Model and LoRA names are plain names, never paths."""
+    if not isinstance(value, str) or not NAME_RE.match(value) or ".." in value:
+        rule = (
+            f"{value!r} is not a valid {what} name (letters, digits, '.', '_', '-'; "
+            "no paths or '..')"
+        )
+        raise RequestError(field_name, rule)
+
+
+def validate(req: GenerationRequest, family: Family) -> None:
+    """Check a resolved request against the rules of its model family.
+
+    Model, scheduler and LoRA *existence* are checked by their owners (registry,
+    scheduler table, LoRA library); this checks values and shapes.
+    """
+    _text("prompt", req.prompt)
+    _text("negative_prompt", req.negative_prompt)
+    if family.name == "flux" and req.negative_prompt:
+        raise RequestError("negative_prompt", "Flux models take no negative prompt; leave it empty")
+    _int("num_inference_steps", req.num_inference_steps, 1, MAX_STEPS)
+    _number("guidance_scale", req.guidance_scale, 0.0, MAX_CFG)
+    for name in ("width", "height"):
+        value = getattr(req, name)
+        _int(name, value, family.min_size, family.max_size)
+        if value % family.size_multiple:
+            rule = (
+                f"must be a multiple of {family.size_multiple} for {family.label} models, "
+                f"got {value}"
+            )
+            raise RequestError(name, rule)
+    if req.seed != -1:
+        _int("seed", req.seed, 0, MAX_SEED)
+    _int("batch_size", req.batch_size, 1, MAX_BATCH_SIZE)
+    _int("batch_count", req.batch_count, 1, MAX_BATCH_COUNT)
+    if len(req.loras) > MAX_LORAS:
+        raise RequestError("loras", f"at most {MAX_LORAS} LoRAs per request, got {len(req.loras)}")
+    lo, hi = LORA_WEIGHT_RANGE
+    for name, weight in req.loras:
+        check_name("loras", name, "LoRA")
+        _number(f"loras[{name}]", weight, lo, hi)

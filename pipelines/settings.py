@@ -1,0 +1,110 @@
+"""Settings as a table of (name, default, help): one source for flags, environment
+variables and the README (a test checks that every setting is documented).
+
+Each setting `foo_bar` is the flag `--foo-bar` and the environment variable
+`ATELIER_FOO_BAR`; a flag wins over the environment, which wins over the default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .loading import LoadOptions
+from .manager import EngineSettings
+
+
+@dataclass(frozen=True)
+class Setting:
+    name: str
+    default: Any
+    help: str
+    type: Callable[[str], Any] = str
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return "ATELIER_" + self.name.upper()
+
+
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+
+
+def _devices(text: str) -> tuple[str, ...]:
+    return tuple(d.strip() for d in text.split(",") if d.strip())
+
+
+ENGINE_SETTINGS: tuple[Setting, ...] = (
+    Setting("default_model", "tiny-sd", "model used when a request names none"),
+    Setting("models_dir", "models", "folder of diffusers model folders (each becomes a model)"),
+    Setting("loras_dir", "loras", "folder scanned recursively for LoRA .safetensors files"),
+    Setting("outputs_dir", "outputs", "where images are saved as PNG; 'off' saves nothing"),
+    Setting("cache_dir", "", "where built-in models are built (default ~/.cache/atelier)"),
+    Setting("devices", "", "comma-separated device slots, e.g. cuda:0,cuda:1 or cpu,cpu "
+            "(default: every CUDA GPU, else one CPU slot)", _devices),
+    Setting("dtype", "auto", "auto (fp32 on CPU, fp16/bf16 by family on GPU), float32, "
+            "float16 or bfloat16"),
+    Setting("cache_budget_mb", 0, "model cache size per device slot in MB (0 = 90% of GPU "
+            "memory, or half the RAM shared by CPU slots)", int),
+    Setting("attention", "auto", "auto (xformers when installed on CUDA, else PyTorch SDPA), "
+            "sdpa or xformers"),
+    Setting("attention_slicing", False, "slice attention to save memory (slower)", _bool),
+    Setting("vae_tiling", False, "decode large images in tiles to save memory", _bool),
+    Setting("allow_hub", True, "allow Hub ids (owner/name) as model names", _bool),
+    Setting("preview_every", 0, "live preview every N steps (0 = off)", int),
+)  # fmt: skip
+
+
+def add_arguments(parser: argparse.ArgumentParser, table: tuple[Setting, ...]) -> None:
+    for s in table:
+        parser.add_argument(s.flag, dest=s.name, type=s.type, default=None,
+                            help=f"{s.help} [env {s.env}; default {s.default!r}]")  # fmt: skip
+
+
+def resolve(
+    table: tuple[Setting, ...], args: argparse.Namespace, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Flag, else environment variable, else default, for every setting of the table."""
+    env = os.environ if env is None else env
+    values = {}
+    for s in table:
+        value = getattr(args, s.name, None)
+        if value is None and s.env in env:
+            value = s.type(env[s.env])
+        values[s.name] = s.default if value is None else value
+    return values
+
+
+def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
+    def path(name: str) -> Path | None:
+        return Path(values[name]).expanduser() if values[name] else None
+
+    return EngineSettings(
+        devices=tuple(values["devices"] or ()),
+        default_model=values["default_model"],
+        models_dir=path("models_dir"),
+        loras_dir=path("loras_dir"),
+        cache_root=path("cache_dir"),
+        cache_budget_mb=values["cache_budget_mb"] or None,
+        allow_hub=values["allow_hub"],
+        preview_every=values["preview_every"],
+        load=LoadOptions(
+            dtype=values["dtype"],
+            attention=values["attention"],
+            attention_slicing=values["attention_slicing"],
+            vae_tiling=values["vae_tiling"],
+        ),
+    )
