@@ -112,8 +112,9 @@ def _request_from_args(args: argparse.Namespace, manager: Any) -> Any:
 
 
 def _run_one(manager: Any, request: Any, out: Path | None, task_id: str | None) -> dict:
-    from pipelines.outputs import save_result
+    from pipelines.outputs import check_task_id, save_result
 
+    check_task_id(task_id)  # before the work, not after it
     result = manager.generate(request)
     paths = save_result(result, out, task_id) if out else []
     return {

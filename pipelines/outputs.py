@@ -35,7 +35,14 @@ from PIL import Image, PngImagePlugin
 
 from .errors import RequestError
 
-__all__ = ["STEM_RULE", "check_stem", "read_png_parameters", "save_png", "save_result"]
+__all__ = [
+    "STEM_RULE",
+    "check_stem",
+    "read_png_parameters",
+    "save_png",
+    "save_result",
+    "check_task_id",
+]
 
 PARAMETERS_KEY = "parameters"
 STEM_RULE = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
@@ -214,12 +221,16 @@ def read_png_parameters(source: str | os.PathLike[str] | Image.Image) -> str | N
         return _parameters_of(im)
 
 
+def check_task_id(task_id: str | None) -> None:
+    if task_id is not None and not (isinstance(task_id, str) and _STEM.match(task_id)):
+        raise RequestError("task_id", f"must match {STEM_RULE} (no paths), got {task_id!r}")
+
+
 def save_result(
     result: Any, folder: str | os.PathLike[str], task_id: str | None = None
 ) -> list[Path]:
     """Save every image of a GenerationResult; with a task id, as `<task_id>-<n>.png`."""
-    if task_id is not None and not _STEM.match(task_id):
-        raise RequestError("task_id", f"must match {STEM_RULE} (no paths), got {task_id!r}")
+    check_task_id(task_id)
     paths = []
     for n, (image, seed, info) in enumerate(
         zip(result.images, result.seeds, result.infotexts, strict=True)
