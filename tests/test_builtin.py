@@ -20,6 +20,15 @@ from pipelines import builtin  # noqa: E402
 from pipelines.families import family_from_model_index  # noqa: E402
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models run fastest on one thread; two threads on a busy 2-core box stall."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def load(folder: Path):
     from diffusers import DiffusionPipeline
 
