@@ -1,0 +1,28 @@
+"""Settings: every one is documented in the README, and flag > environment > default."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipelines.settings import ENGINE_SETTINGS, add_arguments, engine_settings, resolve
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def test_every_setting_is_documented_in_the_readme():
+    for s in ENGINE_SETTINGS:
+        row = next((ln for ln in README.splitlines() if ln.startswith(f"| {s.name} |")), None)
+        assert row is not None, f"README has no settings row for {s.name}"
+        assert f"`{s.flag}`" in row and f"`{s.env}`" in row, row
+
+
+def test_flag_beats_environment_beats_default():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, ENGINE_SETTINGS)
+    env = {"ATELIER_DEVICES": "cpu,cpu", "ATELIER_PREVIEW_EVERY": "3", "ATELIER_DTYPE": "float16"}
+    values = resolve(ENGINE_SETTINGS, parser.parse_args(["--dtype", "bfloat16"]), env)
+    assert values["devices"] == ("cpu", "cpu") and values["preview_every"] == 3
+    assert values["dtype"] == "bfloat16" and values["default_model"] == "tiny-sd"
+    settings = engine_settings(values)
+    assert settings.devices == ("cpu", "cpu") and settings.load.dtype == "bfloat16"
