@@ -73,8 +73,8 @@ WAN_SCHEDULER = {
 
 
 def default_root() -> Path:
-    """The cache root: $ATELIER_CACHE if set, else ~/.cache/atelier."""
-    env = os.environ.get("ATELIER_CACHE")
+    """The cache root: $ATELIER_CACHE_DIR if set, else ~/.cache/atelier."""
+    env = os.environ.get("ATELIER_CACHE_DIR")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "atelier"
 
 

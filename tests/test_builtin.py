@@ -171,9 +171,9 @@ def test_complete_folder_is_reused_and_version_bump_rebuilds(
 def test_unknown_name_and_default_root(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="tiny-sd"):
         builtin.ensure_model("tiny-nothing", tmp_path)
-    monkeypatch.setenv("ATELIER_CACHE", str(tmp_path / "c"))
+    monkeypatch.setenv("ATELIER_CACHE_DIR", str(tmp_path / "c"))
     assert builtin.default_root() == tmp_path / "c"
-    monkeypatch.delenv("ATELIER_CACHE")
+    monkeypatch.delenv("ATELIER_CACHE_DIR")
     assert builtin.default_root() == Path.home() / ".cache" / "atelier"
 
 
