@@ -29,9 +29,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command")
 
     models = sub.add_parser("models", help="list the available models")
+    add_arguments(models, ENGINE_SETTINGS, subcommand=True)
     models.add_argument("--json", action="store_true", help="print a JSON list")
 
     gen = sub.add_parser("generate", help="generate images from the command line")
+    add_arguments(gen, ENGINE_SETTINGS, subcommand=True)
     gen.add_argument("--prompt", help="what to draw")
     gen.add_argument("--negative-prompt", default="", help="what to avoid")
     gen.add_argument("--model", help="model name, Hub id (owner/name) or local diffusers folder")

@@ -68,9 +68,14 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
 )  # fmt: skip
 
 
-def add_arguments(parser: argparse.ArgumentParser, table: tuple[Setting, ...]) -> None:
+def add_arguments(
+    parser: argparse.ArgumentParser, table: tuple[Setting, ...], subcommand: bool = False
+) -> None:
+    """Add a flag per setting. On a subcommand's parser the flags default to
+    SUPPRESS, so `app.py --x 1 generate` and `app.py generate --x 1` both work."""
+    default = argparse.SUPPRESS if subcommand else None
     for s in table:
-        parser.add_argument(s.flag, dest=s.name, type=s.type, default=None,
+        parser.add_argument(s.flag, dest=s.name, type=s.type, default=default,
                             help=f"{s.help} [env {s.env}; default {s.default!r}]")  # fmt: skip
 
 

@@ -26,3 +26,13 @@ def test_flag_beats_environment_beats_default():
     assert values["dtype"] == "bfloat16" and values["default_model"] == "tiny-sd"
     settings = engine_settings(values)
     assert settings.devices == ("cpu", "cpu") and settings.load.dtype == "bfloat16"
+
+
+def test_settings_flags_work_before_and_after_the_subcommand():
+    from app import build_parser
+
+    parser = build_parser()
+    before = parser.parse_args(["--loras-dir", "a", "generate", "--prompt", "x"])
+    after = parser.parse_args(["generate", "--prompt", "x", "--loras-dir", "b"])
+    assert (before.loras_dir, after.loras_dir) == ("a", "b")
+    assert parser.parse_args(["generate", "--prompt", "x"]).loras_dir is None

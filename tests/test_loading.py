@@ -1,0 +1,52 @@
+"""Load options are applied to the cached model as configured (checked on CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from pipelines import EngineSettings, GenerationRequest, ModelUnavailableError, PipelineManager
+from pipelines.families import FAMILIES
+from pipelines.loading import LoadOptions, choose_dtype
+
+
+def only_model(manager):
+    slot = manager.slots[0]
+    return slot.cache.get(slot.cache.names()[0]).pipeline
+
+
+def test_vae_tiling_attention_slicing_and_dtype_are_applied(cache_root):
+    opts = LoadOptions(dtype="bfloat16", attention_slicing=True, vae_tiling=True)
+    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, load=opts))
+    m.generate(GenerationRequest(prompt="a", num_inference_steps=1, width=64, height=64, seed=1))
+    pipe = only_model(m)
+    assert pipe.vae.use_tiling is True
+    assert pipe.unet.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
+    processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    assert processors == {"SlicedAttnProcessor"}
+
+
+def test_default_cpu_load_is_fp32_with_sdpa(manager):
+    manager.generate(GenerationRequest(prompt="a", num_inference_steps=1, width=64, height=64))
+    pipe = only_model(manager)
+    assert pipe.unet.dtype == torch.float32 and not pipe.vae.use_tiling
+    processors = {type(p).__name__ for p in pipe.unet.attn_processors.values()}
+    assert processors == {"AttnProcessor2_0"}
+
+
+def test_dtype_choice():
+    cpu = torch.device("cpu")
+    assert choose_dtype("auto", FAMILIES["sdxl"], cpu) == torch.float32
+    assert choose_dtype("float16", FAMILIES["flux"], cpu) == torch.float16
+    with pytest.raises(ValueError, match="dtype must be one of auto, float32"):
+        choose_dtype("fp8", FAMILIES["sd15"], cpu)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("xformers") is not None, reason="xformers installed")
+def test_xformers_requested_without_the_package_fails_clearly(cache_root):
+    opts = LoadOptions(attention="xformers")
+    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, load=opts))
+    with pytest.raises(ModelUnavailableError, match="needs the 'xformers' package"):
+        m.generate(GenerationRequest(prompt="a", num_inference_steps=1, width=64, height=64))
