@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-BUILDER_VERSION = "atelier-builtin-1"
+BUILDER_VERSION = "atelier-builtin-2"
 MARKER = ".atelier-complete"
 
 BUILTIN_MODELS: dict[str, str] = {
@@ -42,6 +42,13 @@ BUILTIN_MODELS: dict[str, str] = {
 TINY_CONTROLNET = "tiny-sd-controlnet"
 TINY_LORA = "tiny-sd-lora"
 LORA_FILE = f"{TINY_LORA}.safetensors"
+LORA_METADATA = {
+    "format": "pt",
+    "ss_base_model_version": "sd_v1",
+    "modelspec.architecture": "stable-diffusion-v1/lora",
+    "modelspec.title": "Tiny SD LoRA",
+    "modelspec.trigger_phrase": "tinystyle",
+}
 
 # Scheduler configs as the real repos ship them (SD 1.5, SDXL base, FLUX.1-dev, Wan 2.1 480p).
 SD15_SCHEDULER = {
@@ -414,6 +421,22 @@ def _build_lora(folder: Path) -> None:
     StableDiffusionPipeline.save_lora_weights(
         folder, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=LORA_FILE
     )
+    # Kohya-style metadata, as real LoRAs carry it: family and trigger words.
+    _add_metadata(folder / LORA_FILE, LORA_METADATA)
+
+
+def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
+    """Rewrite a safetensors file with `metadata`, header keys sorted: safetensors
+    writes metadata in hash-map order, which would make builds differ."""
+    import json
+    import struct
+
+    from safetensors.torch import load_file, save
+
+    blob = save(load_file(path), metadata=metadata)
+    (n,) = struct.unpack("<Q", blob[:8])
+    header = json.dumps(json.loads(blob[8 : 8 + n]), sort_keys=True, separators=(",", ":"))
+    path.write_bytes(blob[:8] + header.encode().ljust(n) + blob[8 + n :])
 
 
 _BUILDERS: dict[str, Callable[[Path], None]] = {

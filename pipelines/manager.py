@@ -36,11 +36,12 @@ from typing import Any
 import torch
 from PIL import Image
 
+from .adapters import AdapterSet
 from .cache import ModelCache, module_bytes
 from .errors import Cancelled, RequestError
 from .hashes import folder_model_hash
-from .loading import LOAD_LOCK, LoadOptions, fresh_pipeline, load_pipeline
-from .loras import LoraEntry, LoraLibrary
+from .loading import LoadOptions, fresh_pipeline, load_pipeline
+from .loras import LoraEntry, LoraLibrary, check_family
 from .parameters import infotext_for
 from .preview import preview_from_latents
 from .registry import ModelEntry, ModelRegistry
@@ -60,6 +61,10 @@ class EngineSettings:
     cache_budget_mb: int | None = None  # per slot; None = 90% of GPU memory / half the RAM
     allow_hub: bool = True
     preview_every: int = 0  # steps between previews; 0 = none
+    lora_mode: str = "switch"  # "switch" | "fused" | "hotswap" (see adapters.py)
+    lora_cache_count: int = 16  # resident adapters per cached model
+    lora_cache_mb: int = 2048
+    lora_hotswap_rank: int = 64
     load: LoadOptions = field(default_factory=LoadOptions)
 
 
@@ -100,7 +105,7 @@ class LoadedModel:
     pipeline: Any
     pristine_scheduler: dict[str, Any]  # as shipped; every scheduler is built from it
     model_hash: str
-    adapters: dict[str, str] = field(default_factory=dict)  # LoRA sha256 -> adapter name
+    adapters: AdapterSet
 
 
 class DeviceSlot:
@@ -163,7 +168,7 @@ class PipelineManager:
         validate(req, entry.family)
         get_spec(req.scheduler, entry.family)  # unknown scheduler -> list of valid ones
         for lora_name, _ in req.loras:
-            self.loras.get(lora_name)
+            check_family(self.loras.get(lora_name), entry.family.name, name)
         if req.seed == -1:
             req = replace(req, seed=secrets.randbelow(MAX_SEED + 1))
         return req, entry
@@ -198,11 +203,15 @@ class PipelineManager:
         slot.cache.make_room(_disk_bytes(entry.path))
         pipe = load_pipeline(entry, slot.device, self.settings.load)
         slot.loads += 1
+        s = self.settings
         loaded = LoadedModel(
             entry=entry,
             pipeline=pipe,
             pristine_scheduler=dict(pipe.scheduler.config),
             model_hash=folder_model_hash(entry.path),
+            adapters=AdapterSet(
+                pipe, s.lora_mode, s.lora_cache_count, s.lora_cache_mb * 2**20, s.lora_hotswap_rank
+            ),  # fmt: skip
         )
         slot.cache.put(key, loaded, module_bytes(pipe))
         return key
@@ -276,32 +285,15 @@ class PipelineManager:
     def _adapters(
         self, loaded: LoadedModel, loras: list[tuple[LoraEntry, float]]
     ) -> Iterator[None]:
-        """Activate this request's LoRAs on the shared modules; always deactivate after."""
-        pipe = loaded.pipeline
-        names, weights = [], []
-        for lora, weight in loras:
-            adapter = loaded.adapters.get(lora.sha256)
-            if adapter is None:
-                adapter = f"lora_{lora.sha256[:16]}"
-                try:
-                    with LOAD_LOCK:
-                        pipe.load_lora_weights(str(lora.path), adapter_name=adapter)
-                except Exception as e:
-                    _drop_adapter(pipe, adapter)
-                    raise RequestError("loras", f"'{lora.name}' could not be loaded: {e}") from e
-                loaded.adapters[lora.sha256] = adapter
-            names.append(adapter)
-            weights.append(weight)
+        """This request's LoRAs on the shared modules; deactivated before the slot frees."""
         try:
-            if names:
-                pipe.enable_lora()
-                pipe.set_adapters(names, weights)
-            elif loaded.adapters:
-                pipe.disable_lora()
+            loaded.adapters.activate(loras)
             yield
+        except BaseException:
+            loaded.adapters.clean()
+            raise
         finally:
-            if loaded.adapters:
-                pipe.disable_lora()
+            loaded.adapters.deactivate()
 
     def _step_callback(
         self,
@@ -353,16 +345,6 @@ def call_arguments(req: GenerationRequest, family: str, seeds: list[int]) -> dic
     if family != "flux":
         args["negative_prompt"] = req.negative_prompt or None
     return args
-
-
-def _drop_adapter(pipe: Any, adapter: str) -> None:
-    """Remove a half-loaded adapter so the cached model stays clean."""
-    try:
-        present = {a for names in pipe.get_list_adapters().values() for a in names}
-        if adapter in present:
-            pipe.delete_adapters(adapter)
-    except Exception:  # the model may have no PEFT layers at all yet
-        log.debug("no adapter %s to drop", adapter, exc_info=True)
 
 
 def _disk_bytes(folder: Path) -> int:

@@ -65,6 +65,11 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
     Setting("vae_tiling", False, "decode large images in tiles to save memory", _bool),
     Setting("allow_hub", True, "allow Hub ids (owner/name) as model names", _bool),
     Setting("preview_every", 0, "live preview every N steps (0 = off)", int),
+    Setting("lora_mode", "switch", "switch (resident adapters, set per request), fused (fuse "
+            "for runs of requests with one LoRA set) or hotswap (for torch.compile)"),
+    Setting("lora_cache_count", 16, "LoRA adapters kept loaded per cached model", int),
+    Setting("lora_cache_mb", 2048, "MB of LoRA adapters kept loaded per cached model", int),
+    Setting("lora_hotswap_rank", 64, "highest LoRA rank accepted in hotswap mode", int),
 )  # fmt: skip
 
 
@@ -106,6 +111,10 @@ def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
         cache_budget_mb=values["cache_budget_mb"] or None,
         allow_hub=values["allow_hub"],
         preview_every=values["preview_every"],
+        lora_mode=values["lora_mode"],
+        lora_cache_count=values["lora_cache_count"],
+        lora_cache_mb=values["lora_cache_mb"],
+        lora_hotswap_rank=values["lora_hotswap_rank"],
         load=LoadOptions(
             dtype=values["dtype"],
             attention=values["attention"],

@@ -1,0 +1,216 @@
+"""LoRA adapters resident on one cached model (so on one device slot).
+
+Policy
+- Adapters stay loaded once used (an LRU bounded by count and bytes, per cached
+  model); switching between resident adapters is `set_adapters` only: no reload
+  of the base model or of the adapter. Eviction is `delete_adapters`, which
+  frees the adapter's tensors.
+- All adapter state lives on the shared modules, so every method here runs under
+  the slot's lock, and `deactivate` runs before that lock is released: the
+  cached model is clean (LoRA disabled, nothing fused) for any request that does
+  not ask for LoRAs.
+- Modes (settings `lora_mode`):
+  * "switch" (default): unfused adapters, activated per request.
+  * "fused": for a run of requests with the same LoRA set the weights are fused
+    once (no per-step LoRA cost); before any request with another set, or none,
+    the original weights are copied back exactly (saved before fusing: peft's
+    unmerge subtracts the delta again, which is not bit-exact).
+  * "hotswap": for torch.compile users. `enable_lora_hotswap(target_rank=...)`
+    before the first load; the k-th LoRA of a request always lives in adapter
+    slot `hot{k}` and a new file is copied into its tensors (`hotswap=True`), so
+    the compiled graph sees the same modules. Limits: a later LoRA must target
+    the same layers or a subset, with rank <= target_rank; text-encoder LoRAs
+    cannot be hotswapped (refused). A failed hotswap deletes the slot's adapter
+    in peft: it is forgotten here and loaded fresh next time.
+- Any failure while loading leaves no half-loaded adapter behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .errors import RequestError
+from .loading import LOAD_LOCK
+from .loras import LoraEntry
+
+log = logging.getLogger(__name__)
+
+MODES = ("switch", "fused", "hotswap")
+
+
+@dataclass
+class Resident:
+    adapter: str  # peft adapter name
+    sha256: str
+    nbytes: int
+    last_used: float
+
+
+def present_adapters(pipe: Any) -> set[str]:
+    try:
+        return {a for names in pipe.get_list_adapters().values() for a in names}
+    except ValueError:  # no PEFT layers yet
+        return set()
+
+
+def _drop(pipe: Any, adapter: str) -> None:
+    if adapter in present_adapters(pipe):
+        pipe.delete_adapters(adapter)
+
+
+class AdapterSet:
+    def __init__(
+        self,
+        pipe: Any,
+        mode: str = "switch",
+        max_count: int = 16,
+        max_bytes: int = 2 * 2**30,
+        hotswap_rank: int = 64,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"lora_mode must be one of {', '.join(MODES)}; got {mode!r}")
+        self.pipe = pipe
+        self.mode = mode
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        self.hotswap_rank = hotswap_rank
+        self.resident: dict[str, Resident] = {}  # sha256 (switch/fused) or "hotK" -> record
+        self.loads = 0  # adapter files loaded (tests and benchmarks count them)
+        self._fused_key: tuple | None = None
+        self._saved_weights: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._hotswap_ready = False
+
+    # -- loading ------------------------------------------------------------
+    def _load(self, lora: LoraEntry, adapter: str, hotswap: bool = False) -> None:
+        try:
+            with LOAD_LOCK:
+                self.pipe.load_lora_weights(str(lora.path), adapter_name=adapter, hotswap=hotswap)
+        except Exception as e:
+            # A failed plain load may leave partial layers; a failed hotswap has
+            # already deleted the adapter in peft. Either way: nothing stays.
+            _drop(self.pipe, adapter)
+            self.resident.pop(adapter, None)
+            raise RequestError("loras", f"'{lora.name}' could not be loaded: {e}") from e
+        if adapter not in present_adapters(self.pipe):
+            raise RequestError("loras", f"'{lora.name}' has no layers that fit this model")
+        self.loads += 1
+
+    def _evict_for(self, keep: set[str]) -> None:
+        def over() -> bool:
+            total = sum(r.nbytes for r in self.resident.values())
+            return len(self.resident) > self.max_count or total > self.max_bytes
+
+        for key, rec in sorted(self.resident.items(), key=lambda kv: kv[1].last_used):
+            if not over():
+                break
+            if key in keep:
+                continue
+            _drop(self.pipe, rec.adapter)
+            del self.resident[key]
+            log.info("evicted LoRA adapter %s", rec.adapter)
+
+    def _ensure_switch(self, loras: Sequence[tuple[LoraEntry, float]]) -> list[str]:
+        names = []
+        for lora, _ in loras:
+            sha = lora.sha256
+            rec = self.resident.get(sha)
+            if rec is None:
+                rec = Resident(f"lora_{sha[:16]}", sha, lora.path.stat().st_size, 0.0)
+                self._load(lora, rec.adapter)
+                self.resident[sha] = rec
+            rec.last_used = time.monotonic()
+            names.append(rec.adapter)
+        self._evict_for({lora.sha256 for lora, _ in loras})
+        return names
+
+    def _ensure_hotswap(self, loras: Sequence[tuple[LoraEntry, float]]) -> list[str]:
+        if not self._hotswap_ready:
+            if present_adapters(self.pipe):
+                raise RequestError("loras", "hotswap mode must be enabled before any LoRA load")
+            self.pipe.enable_lora_hotswap(target_rank=self.hotswap_rank)
+            self._hotswap_ready = True
+        names = []
+        for k, (lora, _) in enumerate(loras):
+            if lora.text_encoder:
+                raise RequestError(
+                    "loras", f"'{lora.name}' has text-encoder layers, which cannot be hotswapped"
+                )
+            if lora.rank is not None and lora.rank > self.hotswap_rank:
+                rule = f"'{lora.name}' has rank {lora.rank} > the hotswap target rank"
+                raise RequestError("loras", f"{rule} {self.hotswap_rank}")
+            slot = f"hot{k}"
+            rec = self.resident.get(slot)
+            if rec is None or rec.sha256 != lora.sha256:
+                self._load(lora, slot, hotswap=rec is not None)
+                self.resident[slot] = Resident(slot, lora.sha256, lora.path.stat().st_size, 0.0)
+            self.resident[slot].last_used = time.monotonic()
+            names.append(slot)
+        return names
+
+    # -- fusing -------------------------------------------------------------
+    def _lora_layers(self, names: list[str]) -> list[Any]:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        layers = []
+        for component in self.pipe.components.values():
+            if isinstance(component, torch.nn.Module):
+                for module in component.modules():
+                    if isinstance(module, BaseTunerLayer) and set(names) & set(
+                        getattr(module, "lora_A", {})
+                    ):
+                        layers.append(module)
+        return layers
+
+    def _fuse(self, names: list[str], key: tuple) -> None:
+        layers = self._lora_layers(names)
+        self._saved_weights = [(w := m.get_base_layer().weight, w.detach().clone()) for m in layers]
+        self.pipe.fuse_lora(adapter_names=names, lora_scale=1.0)
+        self._fused_key = key
+
+    def _unfuse_exactly(self) -> None:
+        if self._fused_key is None:
+            return
+        self.pipe.unfuse_lora()
+        with torch.no_grad():
+            for weight, original in self._saved_weights:
+                weight.copy_(original)
+        self._saved_weights = []
+        self._fused_key = None
+
+    # -- the request's view -------------------------------------------------
+    def activate(self, loras: Sequence[tuple[LoraEntry, float]]) -> None:
+        """Make exactly these LoRAs, at these weights, active on the shared modules."""
+        key = tuple((lora.sha256, float(w)) for lora, w in loras)
+        if self._fused_key is not None and self._fused_key != key:
+            self._unfuse_exactly()
+        if not loras:
+            if present_adapters(self.pipe):
+                self.pipe.disable_lora()
+            return
+        if self.mode == "hotswap":
+            names = self._ensure_hotswap(loras)
+        else:
+            names = self._ensure_switch(loras)
+        if self._fused_key == key:
+            return  # already fused with this very set
+        self.pipe.enable_lora()
+        self.pipe.set_adapters(names, [float(w) for _, w in loras])
+        if self.mode == "fused":
+            self._fuse(names, key)
+
+    def deactivate(self) -> None:
+        """After a request: LoRA off, unless fused for a run of same-set requests."""
+        if self._fused_key is None and present_adapters(self.pipe):
+            self.pipe.disable_lora()
+
+    def clean(self) -> None:
+        """Back to the base weights with every LoRA off (before eviction, after errors)."""
+        self._unfuse_exactly()
+        if present_adapters(self.pipe):
+            self.pipe.disable_lora()
