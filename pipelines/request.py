@@ -33,7 +33,7 @@ LORA_WEIGHT_RANGE = (-2.0, 2.0)
 MAX_LORAS = 16
 # Names of models and LoRAs: letters, digits, and . _ - (and one "/" for Hub ids).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
-LORA_TAG_RE = re.compile(r"<lora:([^:<>]+):([^:<>]+)>")
+LORA_TAG_RE = re.compile(r"<lora:([^<>]*)>")
 
 # Short names accepted in JSON and job files, as the CLI and API spell them.
 ALIASES = {
@@ -111,16 +111,25 @@ class GenerationRequest:
 
 
 def split_lora_tags(prompt: str) -> tuple[str, tuple[tuple[str, float], ...]]:
-    """Take A1111 `<lora:name:weight>` tags out of a prompt: (clean prompt, pairs)."""
+    """Take A1111 `<lora:name>` / `<lora:name:weight>` tags out of a prompt.
+
+    Returns (prompt without tags, (name, weight) pairs). `<lora:name>` means weight
+    1, as in A1111. Any other `<lora:...>` shape (`<lora:>`, `<lora:a:b:c>`, a
+    weight that is no number) is an error naming the tag: sending it to the text
+    encoder as words would silently do the wrong thing.
+    """
     pairs = []
-    for name, weight in LORA_TAG_RE.findall(prompt):
+    for inner in LORA_TAG_RE.findall(prompt):
+        parts = inner.split(":")
+        name = parts[0].strip()
         try:
-            value = float(weight)
+            if not name or len(parts) > 2:
+                raise ValueError
+            weight = float(parts[1]) if len(parts) == 2 else 1.0
         except ValueError:
-            raise RequestError(
-                "prompt", f"<lora:{name}:{weight}> needs a number as weight"
-            ) from None
-        pairs.append((name.strip(), value))
+            rule = f"<lora:{inner}> is not <lora:NAME> or <lora:NAME:WEIGHT> with a number"
+            raise RequestError("prompt", rule) from None
+        pairs.append((name, weight))
     clean = LORA_TAG_RE.sub("", prompt)
     clean = re.sub(r"[ \t]{2,}", " ", clean).strip()
     clean = re.sub(r"\s*,\s*(,\s*)+", ", ", clean).strip(" ,")

@@ -48,7 +48,8 @@ CASES = [
     ({"model": "tiny-flux", "negative_prompt": "blur"}, "negative_prompt", "no negative prompt"),
     ({"model": "tiny-flux", "scheduler": "DPM++ 2M Karras"}, "scheduler", "Flow Euler"),
     ({"model": "tiny-wan"}, "model", "video model"),
-    ({"prompt": "<lora:x:heavy>"}, "prompt", "needs a number"),
+    ({"prompt": "<lora:x:heavy>"}, "prompt", "<lora:NAME:WEIGHT> with a number"),
+    ({"prompt": "<lora:a:1:2>"}, "prompt", "is not <lora:NAME>"),
 ]
 
 
