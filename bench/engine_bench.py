@@ -198,11 +198,11 @@ def format_table(rows: list[tuple[str, str, str, str]]) -> str:
     return "\n".join(lines)
 
 
-def record(table: str) -> None:
+def record(table: str, name: str = "engine_bench") -> None:
     import torch
 
     head = (
-        f"\n## engine_bench, {time.strftime('%Y-%m-%d %H:%M')}\n\n"
+        f"\n## {name}, {time.strftime('%Y-%m-%d %H:%M')}\n\n"
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python "
         f"{platform.python_version()}, torch {torch.__version__} "
         f"({torch.get_num_threads()} threads), CPU only.\n\n"
