@@ -17,11 +17,9 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import statistics
 import struct
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -101,15 +99,6 @@ def header_copies(src: Path, folder: Path, n: int) -> None:
         (folder / f"scan{i:04d}.safetensors").write_bytes(blob)
 
 
-def median(fn, reps: int) -> float:
-    out = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return statistics.median(out)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--no-record", action="store_true")
@@ -117,7 +106,7 @@ def main() -> int:
     args = parser.parse_args()
 
     import torch
-    from engine_bench import format_table, record
+    from engine_bench import format_table, median_time, record
 
     from pipelines.adapters import AdapterSet
     from pipelines.loras import LoraLibrary
@@ -132,13 +121,13 @@ def main() -> int:
 
     # 2a. first load of a LoRA file (through the engine's AdapterSet)
     adapters = AdapterSet(pipe, "switch", max_count=16)
-    first_load = median(lambda: adapters.activate([(entries[0], 1.0)]), 1)
+    first_load = median_time(lambda: adapters.activate([(entries[0], 1.0)]), 1)
     adapters.activate([(entries[1], 1.0)])
     rows.append(("first load of a rank-16 LoRA file", f"{first_load * 1000:.0f} ms", "", ""))
 
     # 1. switching between two resident LoRAs vs unload-then-load
     flip = iter(range(10**9))
-    switch = median(lambda: adapters.activate([(entries[next(flip) % 2], 1.0)]), 20)
+    switch = median_time(lambda: adapters.activate([(entries[next(flip) % 2], 1.0)]), 20)
     adapters.clean()
     turn = iter(range(10**9))
 
@@ -151,7 +140,7 @@ def main() -> int:
     # The baseline needs a pipeline without our resident adapters.
     for name in list({a for v in pipe.get_list_adapters().values() for a in v}):
         pipe.delete_adapters(name)
-    baseline = median(unload_then_load, 6)
+    baseline = median_time(unload_then_load, 6)
     pipe.unload_lora_weights()
     rows.append(("switch between two resident LoRAs vs unload+load", f"{switch * 1000:.1f} ms",
                  f"{baseline * 1000:.0f} ms", f"{baseline / switch:.0f}x faster"))  # fmt: skip
@@ -159,8 +148,8 @@ def main() -> int:
     # 2b. cold scan and rescan of 2,000 headers
     header_copies(paths[0], work / "scan", 2000)
     scan_lib = LoraLibrary(work / "scan", work / "cache")
-    cold = median(scan_lib.rescan, 1)
-    warm = median(scan_lib.rescan, 3)
+    cold = median_time(scan_lib.rescan, 1)
+    warm = median_time(scan_lib.rescan, 3)
     assert len(scan_lib.names()) == 2001
     rows.append(("scan 2,000 LoRA headers: cold / rescan", f"{cold * 1000:.0f} ms",
                  f"{warm * 1000:.0f} ms", "goal < 2000 ms"))  # fmt: skip
@@ -176,14 +165,14 @@ def main() -> int:
 
     step()
     adapters = AdapterSet(pipe, "switch")
-    none_t = median(step, 3)
+    none_t = median_time(step, 3)
     adapters.activate([(entries[0], 1.0)])
-    lora_t = median(step, 3)
+    lora_t = median_time(step, 3)
     adapters.deactivate()
     fused = AdapterSet(pipe, "fused")
     fused.resident = adapters.resident  # same loaded adapter, fused this time
     fused.activate([(entries[0], 1.0)])
-    fused_t = median(step, 3)
+    fused_t = median_time(step, 3)
     fused.clean()
     rows.append((f"UNet step, LoRA unfused vs none ({args.latent}x{args.latent} latent)",
                  f"{lora_t * 1000:.0f} ms", f"{none_t * 1000:.0f} ms",
@@ -192,7 +181,7 @@ def main() -> int:
                  f"{none_t * 1000:.0f} ms", f"{fused_t / none_t:.3f}"))  # fmt: skip
 
     # 4. RSS after 200 switches among 10 resident LoRAs vs after the first 10
-    adapters = AdapterSet(pipe, "switch", max_count=10)
+    adapters.max_count = 10  # the same resident set as above, now up to 10
     for e in entries:
         adapters.activate([(e, 1.0)])
     base_rss = rss_mb()

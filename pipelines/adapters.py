@@ -7,8 +7,8 @@ Policy
   frees the adapter's tensors.
 - All adapter state lives on the shared modules, so every method here runs under
   the slot's lock, and `deactivate` runs before that lock is released: the
-  cached model is clean (LoRA disabled, nothing fused) for any request that does
-  not ask for LoRAs.
+  cached model is clean (no adapter active, nothing fused) for any request that
+  does not ask for LoRAs.
 - Modes (settings `lora_mode`):
   * "switch" (default): unfused adapters, activated per request.
   * "fused": for a run of requests with the same LoRA set the weights are fused
@@ -85,6 +85,7 @@ class AdapterSet:
         self._fused_key: tuple | None = None
         self._saved_weights: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._hotswap_ready = False
+        self._layers: list[Any] | None = None  # every peft LoRA layer; reset on load/delete
 
     # -- loading ------------------------------------------------------------
     def _load(self, lora: LoraEntry, adapter: str, hotswap: bool = False) -> None:
@@ -95,8 +96,10 @@ class AdapterSet:
             # A failed plain load may leave partial layers; a failed hotswap has
             # already deleted the adapter in peft. Either way: nothing stays.
             _drop(self.pipe, adapter)
+            self._layers = None
             self.resident.pop(adapter, None)
             raise RequestError("loras", f"'{lora.name}' could not be loaded: {e}") from e
+        self._layers = None
         if adapter not in present_adapters(self.pipe):
             raise RequestError("loras", f"'{lora.name}' has no layers that fit this model")
         self.loads += 1
@@ -112,6 +115,7 @@ class AdapterSet:
             if key in keep:
                 continue
             _drop(self.pipe, rec.adapter)
+            self._layers = None
             del self.resident[key]
             log.info("evicted LoRA adapter %s", rec.adapter)
 
@@ -154,18 +158,27 @@ class AdapterSet:
         return names
 
     # -- fusing -------------------------------------------------------------
-    def _lora_layers(self, names: list[str]) -> list[Any]:
-        from peft.tuners.tuners_utils import BaseTunerLayer
+    def _all_layers(self) -> list[Any]:
+        if self._layers is None:
+            from peft.tuners.tuners_utils import BaseTunerLayer
 
-        layers = []
-        for component in self.pipe.components.values():
-            if isinstance(component, torch.nn.Module):
-                for module in component.modules():
-                    if isinstance(module, BaseTunerLayer) and set(names) & set(
-                        getattr(module, "lora_A", {})
-                    ):
-                        layers.append(module)
-        return layers
+            self._layers = [
+                module
+                for component in self.pipe.components.values()
+                if isinstance(component, torch.nn.Module)
+                for module in component.modules()
+                if isinstance(module, BaseTunerLayer)
+            ]
+        return self._layers
+
+    def _lora_layers(self, names: list[str]) -> list[Any]:
+        return [m for m in self._all_layers() if set(names) & set(getattr(m, "lora_A", {}))]
+
+    def _none_active(self) -> None:
+        """No adapter active on any layer: the layers compute the base model exactly.
+        (Cheaper than disable_lora + enable_lora, which both re-walk every adapter.)"""
+        for layer in self._all_layers():
+            layer.set_adapter([])
 
     def _fuse(self, names: list[str], key: tuple) -> None:
         layers = self._lora_layers(names)
@@ -190,8 +203,7 @@ class AdapterSet:
         if self._fused_key is not None and self._fused_key != key:
             self._unfuse_exactly()
         if not loras:
-            if present_adapters(self.pipe):
-                self.pipe.disable_lora()
+            self._none_active()
             return
         if self.mode == "hotswap":
             names = self._ensure_hotswap(loras)
@@ -199,18 +211,16 @@ class AdapterSet:
             names = self._ensure_switch(loras)
         if self._fused_key == key:
             return  # already fused with this very set
-        self.pipe.enable_lora()
         self.pipe.set_adapters(names, [float(w) for _, w in loras])
         if self.mode == "fused":
             self._fuse(names, key)
 
     def deactivate(self) -> None:
-        """After a request: LoRA off, unless fused for a run of same-set requests."""
-        if self._fused_key is None and present_adapters(self.pipe):
-            self.pipe.disable_lora()
+        """After a request: no adapter active, unless fused for a run of same-set requests."""
+        if self._fused_key is None:
+            self._none_active()
 
     def clean(self) -> None:
-        """Back to the base weights with every LoRA off (before eviction, after errors)."""
+        """Back to the base weights with no adapter active (after errors)."""
         self._unfuse_exactly()
-        if present_adapters(self.pipe):
-            self.pipe.disable_lora()
+        self._none_active()
