@@ -1,6 +1,7 @@
 """Atelier: a browser studio for diffusion models.
 
-    python app.py                      # the studio (until the UI lands: help)
+    python app.py                      # the studio on http://127.0.0.1:7860
+    python app.py serve --port 8000    # the same, with server settings
     python app.py models --json        # list models
     python app.py generate --prompt "a red fox" --steps 20 --out outputs
     python app.py generate --jobs jobs.jsonl --out outputs
@@ -22,11 +23,21 @@ EXIT_BAD_INPUT = 2
 
 def build_parser() -> argparse.ArgumentParser:
     from pipelines.settings import ENGINE_SETTINGS, add_arguments
+    from ui.settings import SERVER_SETTINGS
 
-    parser = argparse.ArgumentParser(prog="app.py", description="Atelier diffusion studio")
+    # No abbreviations: with many --lora-* settings, `generate --lora x:1` would be an
+    # ambiguous prefix for the top-level parser, which sees every argument first.
+    parser = argparse.ArgumentParser(
+        prog="app.py", description="Atelier diffusion studio", allow_abbrev=False
+    )
     add_arguments(parser, ENGINE_SETTINGS)
+    add_arguments(parser, SERVER_SETTINGS)
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command")
+
+    serve = sub.add_parser("serve", help="run the studio in the browser (the default command)")
+    add_arguments(serve, ENGINE_SETTINGS, subcommand=True)
+    add_arguments(serve, SERVER_SETTINGS, subcommand=True)
 
     models = sub.add_parser("models", help="list the available models")
     add_arguments(models, ENGINE_SETTINGS, subcommand=True)
@@ -157,6 +168,18 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """The studio: settings -> engine (built once) -> UI -> Gradio server (blocks)."""
+    from ui.settings import launch_options, server_values
+    from ui.studio import build_studio
+
+    manager, values = build_manager(args)
+    server = server_values(args)
+    demo, assets = build_studio(manager, values["outputs_dir"], server["queue_size"])
+    demo.launch(**launch_options(server), **assets)
+    return 0
+
+
 def run_jobs(manager: Any, jobs_file: Path, out: Path | None) -> int:
     """One JSON result line per job; a bad job is reported and the rest still run."""
     from tqdm import tqdm
@@ -193,8 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_models(args)
     if args.command == "generate":
         return cmd_generate(args)
-    parser.print_help()
-    return 0
+    return cmd_serve(args)  # no subcommand, or "serve"
 
 
 if __name__ == "__main__":

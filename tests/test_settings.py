@@ -5,13 +5,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import pytest
+
 from pipelines.settings import ENGINE_SETTINGS, add_arguments, engine_settings, resolve
+from ui.settings import SERVER_SETTINGS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
-def test_every_setting_is_documented_in_the_readme():
-    for s in ENGINE_SETTINGS:
+@pytest.mark.parametrize("table", [ENGINE_SETTINGS, SERVER_SETTINGS], ids=["engine", "server"])
+def test_every_setting_is_documented_in_the_readme(table):
+    for s in table:
         row = next((ln for ln in README.splitlines() if ln.startswith(f"| {s.name} |")), None)
         assert row is not None, f"README has no settings row for {s.name}"
         assert f"`{s.flag}`" in row and f"`{s.env}`" in row, row

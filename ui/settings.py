@@ -1,0 +1,72 @@
+"""Server settings of the studio, in the engine's table format (pipelines.settings).
+
+Each setting `foo_bar` is the flag `--foo-bar` and the environment variable
+`ATELIER_FOO_BAR`; flag > environment > default. The engine's settings (models,
+LoRAs, outputs, devices, dtype, cache budget, preview every N steps) stay in
+`pipelines.settings.ENGINE_SETTINGS`; this table adds what only the server needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pipelines.settings import Setting, _bool, resolve
+
+SERVER_SETTINGS: tuple[Setting, ...] = (
+    Setting("host", "127.0.0.1", "address the studio listens on (0.0.0.0 for every interface)"),
+    Setting("port", 7860, "port the studio listens on", int),
+    Setting("share", False, "also open a temporary public gradio.live link", _bool),
+    Setting("auth", "", "require a login: user:password pairs separated by commas, or a "
+            "file with one user:password a line (empty = no login)"),
+    Setting("root_path", "", "URL path prefix when served behind a reverse proxy, e.g. /atelier"),
+    Setting("queue_size", 64, "most generation requests waiting in the queue (0 = unlimited)", int),
+)  # fmt: skip
+
+
+def server_values(args: argparse.Namespace, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Resolve SERVER_SETTINGS. Hugging Face Spaces and Docker set GRADIO_SERVER_NAME /
+    GRADIO_SERVER_PORT: those apply when the Atelier setting is given neither way."""
+    env = os.environ if env is None else env
+    values = resolve(SERVER_SETTINGS, args, env)
+    for name, gradio_env, cast in (("host", "GRADIO_SERVER_NAME", str),
+                                   ("port", "GRADIO_SERVER_PORT", int)):  # fmt: skip
+        unset = getattr(args, name, None) is None and f"ATELIER_{name.upper()}" not in env
+        if unset and env.get(gradio_env):
+            values[name] = cast(env[gradio_env])
+    return values
+
+
+def parse_auth(value: str) -> list[tuple[str, str]] | None:
+    """`user:pw,user2:pw2`, or a path to a file with one `user:pw` a line; None if empty.
+    The password is everything after the first ':' (so it may contain ':')."""
+    if not value or not value.strip():
+        return None
+    path = Path(value).expanduser()
+    items = path.read_text().splitlines() if path.is_file() else value.split(",")
+    pairs = []
+    for item in (i.strip() for i in items):
+        if not item or item.startswith("#"):
+            continue
+        user, sep, password = item.partition(":")
+        if not (sep and user and password):
+            where = f"in {path}" if path.is_file() else "in --auth"
+            raise ValueError(f"auth entries must be user:password, got {item!r} {where}")
+        pairs.append((user, password))
+    if not pairs:
+        raise ValueError(f"auth file {path} has no user:password lines")
+    return pairs
+
+
+def launch_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments of `Blocks.launch` from resolved server settings."""
+    return {
+        "server_name": values["host"],
+        "server_port": values["port"],
+        "share": values["share"],
+        "auth": parse_auth(values["auth"]),
+        "root_path": values["root_path"] or None,
+    }

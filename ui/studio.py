@@ -1,0 +1,135 @@
+"""The studio: the tabs composed into one app, the wiring between them, and the queue.
+
+demo, launch_kwargs = build_studio(manager, outputs_dir="outputs", queue_size=64)
+demo.launch(**launch_kwargs, server_name="127.0.0.1", server_port=7860)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from ui.api import build_api
+from ui.catalog import family_of, image_models, lora_choices
+from ui.context import StudioContext
+from ui.form import widget_specs, widgets_from_request
+from ui.generate_tab import GenerateTab, build_generate_tab
+from ui.lora_panel import fill
+from ui.pnginfo_tab import PngInfoTab, build_pnginfo_tab
+
+TITLE = "Atelier"
+# Ctrl+Enter (Cmd+Enter on a Mac) in either prompt clicks Generate, as in A1111.
+SHORTCUTS_JS = """
+() => {
+  document.addEventListener("keydown", (e) => {
+    if (e.key !== "Enter" || !(e.ctrlKey || e.metaKey)) return;
+    if (!e.target.closest || !e.target.closest("#atelier-prompt, #atelier-negative")) return;
+    e.preventDefault();
+    document.querySelector("#atelier-generate")?.click();
+  });
+}
+"""
+CSS = """
+#atelier-error { border-left: 4px solid var(--error-border-color, #d33); padding-left: .6em; }
+"""
+
+
+def launch_assets() -> dict[str, Any]:
+    """theme/css/js, which Gradio 6 takes in launch(), not in Blocks()."""
+    return {"js": SHORTCUTS_JS, "css": CSS, "theme": gr.themes.Soft()}
+
+
+def send_to_generate(
+    ctx: StudioContext, gen: GenerateTab, infotext: str, current_model: str
+) -> list[Any]:
+    """Updates for every Generate control from an infotext (see `wire`'s outputs order)."""
+    from pipelines.errors import RequestError
+    from pipelines.parameters import request_from_infotext
+    from pipelines.schedulers import available_schedulers
+
+    if not infotext or not infotext.strip():
+        raise gr.Error("No parameters to send: drop an image that has some.")
+    try:
+        values = widgets_from_request(request_from_infotext(infotext))
+    except RequestError as e:
+        raise gr.Error(f"These parameters cannot be read: {e}") from None
+    models = image_models(ctx.manager)
+    model = values["model"] if values["model"] in models else current_model
+    family = family_of(ctx.manager, model)
+    schedulers = available_schedulers(family)
+    specs = widget_specs(family)
+    w = gen.widgets
+    out: dict[Any, Any] = {
+        w["prompt"]: values["prompt"],
+        w["negative_prompt"]: values["negative_prompt"],
+        w["model"]: gr.Dropdown(choices=list(models), value=model),
+        w["scheduler"]: gr.Dropdown(
+            choices=schedulers,
+            value=values["scheduler"]
+            if values["scheduler"] in schedulers
+            else family.default_scheduler,
+        ),  # fmt: skip
+        w["seed"]: values["seed"],
+        w["batch_size"]: 1,
+        w["batch_count"]: 1,
+    }
+    for name in ("steps", "cfg", "width", "height"):
+        value = values[name] if values[name] is not None else specs[name]["value"]
+        out[w[name]] = gr.Slider(**{**specs[name], "value": value})
+    return [*(out[c] for c in send_outputs(gen)[:len(out)]),
+            *fill(values["loras"], lora_choices(ctx.manager, None)),
+            gr.Tabs(selected="generate")]  # fmt: skip
+
+
+def send_outputs(gen: GenerateTab) -> list[Any]:
+    names = ("prompt", "negative_prompt", "model", "scheduler", "seed", "batch_size",
+             "batch_count", "steps", "cfg", "width", "height")  # fmt: skip
+    return [gen.widgets[n] for n in names]
+
+
+def build_studio(
+    manager: Any, outputs_dir: str | Path | None = "outputs", queue_size: int = 64
+) -> tuple[gr.Blocks, dict[str, Any]]:
+    """The whole studio over `manager`, and extra keyword arguments for `launch()`."""
+    ctx = StudioContext.create(manager, outputs_dir)
+    gen = build_generate_tab(ctx)
+    info = build_pnginfo_tab()
+    api = build_api(ctx)
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        gr.Markdown(f"## {TITLE}", elem_id="atelier-title")
+        with gr.Tabs() as tabs:
+            with gr.Tab("Generate", id="generate"):
+                gen.blocks.render()
+            with gr.Tab("PNG Info", id="pnginfo"):
+                info.blocks.render()
+        api.render()
+        wire(ctx, gen, info, tabs)
+    demo.queue(max_size=queue_size or None, default_concurrency_limit=ctx.slots)
+    demo.atelier_context = ctx  # tests and app.py reach the store through the app
+    return demo, launch_assets()
+
+
+def wire(ctx: StudioContext, gen: GenerateTab, info: PngInfoTab, tabs: gr.Tabs) -> None:
+    """Events between the tabs (they are defined here, where both tabs exist)."""
+    info.send.click(
+        lambda text, model: send_to_generate(ctx, gen, text, model),
+        [info.parameters, gen.widgets["model"]],
+        [*send_outputs(gen), *gen.loras.outputs(), tabs],
+        api_name="send_to_generate", api_visibility="undocumented", concurrency_limit=None,
+    )  # fmt: skip
+    gen.send_to_pnginfo.click(
+        lambda path: (path, gr.Tabs(selected="pnginfo")), gen.selected, [info.image, tabs],
+        api_name="send_to_pnginfo", api_visibility="undocumented", concurrency_limit=None,
+    )  # fmt: skip
+
+
+def standalone(build: Callable[[StudioContext], gr.Blocks]) -> None:
+    """Run one section on its own (python -m ui.generate_tab), on the default engine."""
+    from pipelines import EngineSettings, PipelineManager
+
+    ctx = StudioContext.create(PipelineManager(EngineSettings()), "off")
+    demo = build(ctx)
+    demo.queue(default_concurrency_limit=ctx.slots).launch(**launch_assets())
