@@ -26,6 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -38,6 +39,7 @@ BUILTIN_MODELS: dict[str, str] = {
     "tiny-flux": "flux",
     "tiny-wan": "wan21",
     "tiny-wan22": "wan22",
+    "tiny-wan-i2v": "wan21-i2v",
 }
 TINY_CONTROLNET = "tiny-sd-controlnet"
 TINY_LORA = "tiny-sd-lora"
@@ -252,26 +254,6 @@ def _sdxl_unet(seed: int = 0) -> torch.nn.Module:
         ).eval()
 
 
-def _wan_transformer(seed: int) -> torch.nn.Module:
-    from diffusers import WanTransformer3DModel
-
-    with _seeded(seed):
-        return WanTransformer3DModel(
-            patch_size=(1, 2, 2),
-            num_attention_heads=2,
-            attention_head_dim=12,
-            in_channels=16,
-            out_channels=16,
-            text_dim=32,  # = the UMT5 encoder's d_model
-            freq_dim=256,
-            ffn_dim=32,
-            num_layers=2,
-            cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads",
-            rope_max_seq_len=32,
-        ).eval()
-
-
 # ---------------------------------------------------------------- pipelines
 
 
@@ -351,34 +333,6 @@ def _build_flux(folder: Path) -> None:
     pipe.save_pretrained(folder)
 
 
-def _build_wan(folder: Path, two_experts: bool) -> None:
-    from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    from .tiny_tokenizers import t5_config_kwargs, t5_tokenizer
-
-    with _seeded(0):
-        vae = AutoencoderKLWan(
-            base_dim=3,
-            z_dim=16,
-            dim_mult=[1, 1, 1, 1],
-            num_res_blocks=1,
-            temperal_downsample=[False, True, True],  # 4x in time, 8x in space
-        ).eval()
-    with _seeded(0):
-        umt5 = UMT5EncoderModel(UMT5Config(**t5_config_kwargs())).eval()
-    pipe = WanPipeline(
-        tokenizer=t5_tokenizer(),
-        text_encoder=umt5,
-        vae=vae,
-        scheduler=UniPCMultistepScheduler(**WAN_SCHEDULER),
-        transformer=_wan_transformer(0),
-        transformer_2=_wan_transformer(1) if two_experts else None,
-        boundary_ratio=0.875 if two_experts else None,
-    )
-    pipe.save_pretrained(folder)
-
-
 def _build_controlnet(folder: Path) -> None:
     """ControlNet copied from tiny-sd's UNet; its zero convs get random weights so it acts."""
     from diffusers import ControlNetModel
@@ -439,10 +393,17 @@ def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
     path.write_bytes(blob[:8] + header.encode().ljust(n) + blob[8 + n :])
 
 
+def _video() -> Any:
+    from . import builtin_video  # the Wan builders; imported late (it imports this module)
+
+    return builtin_video
+
+
 _BUILDERS: dict[str, Callable[[Path], None]] = {
     "tiny-sd": _build_sd,
     "tiny-sdxl": _build_sdxl,
     "tiny-flux": _build_flux,
-    "tiny-wan": lambda folder: _build_wan(folder, two_experts=False),
-    "tiny-wan22": lambda folder: _build_wan(folder, two_experts=True),
+    "tiny-wan": lambda folder: _video().build_wan(folder, two_experts=False),
+    "tiny-wan22": lambda folder: _video().build_wan(folder, two_experts=True),
+    "tiny-wan-i2v": lambda folder: _video().build_wan_i2v(folder),
 }

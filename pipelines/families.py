@@ -13,7 +13,7 @@ from dataclasses import dataclass
 class Family:
     name: str
     label: str
-    pipeline_class: str  # diffusers class name that runs text-to-image / video
+    pipeline_class: str  # diffusers class that runs it (text-to-image / the video class)
     kind: str  # "image" or "video"
     size_multiple: int  # width and height must be multiples of this
     default_size: int
@@ -24,96 +24,51 @@ class Family:
     default_scheduler: str
     flow: bool  # flow-matching (Flux, Wan) or noise-prediction (SD, SDXL)
     gpu_dtype: str  # "float16" or "bfloat16"
+    # video only
+    start_image: str = "none"  # "none" (text-to-video), "required" (I2V) or "optional" (TI2V)
+    experts: int = 1  # Wan 2.2 A14B: 2 transformers switched at boundary_ratio
+    default_height: int = 0  # 0 = default_size
+    default_frames: int = 81
 
 
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (
-        Family(
-            "sd15",
-            "Stable Diffusion 1.x/2.x",
-            "StableDiffusionPipeline",
-            "image",
-            8,
-            512,
-            64,
-            2048,
-            20,
-            7.0,
-            "DPM++ 2M Karras",
-            False,
-            "float16",
-        ),
-        Family(
-            "sdxl",
-            "Stable Diffusion XL",
-            "StableDiffusionXLPipeline",
-            "image",
-            8,
-            1024,
-            64,
-            2048,
-            25,
-            6.0,
-            "DPM++ 2M Karras",
-            False,
-            "float16",
-        ),
-        Family(
-            "flux",
-            "Flux",
-            "FluxPipeline",
-            "image",
-            16,
-            1024,
-            64,
-            2048,
-            28,
-            3.5,
-            "Flow Euler",
-            True,
-            "bfloat16",
-        ),
-        Family(
-            "wan21",
-            "Wan 2.1",
-            "WanPipeline",
-            "video",
-            16,
-            480,
-            64,
-            1280,
-            30,
-            5.0,
-            "UniPC",
-            True,
-            "bfloat16",
-        ),
-        Family(
-            "wan22",
-            "Wan 2.2 A14B",
-            "WanPipeline",
-            "video",
-            16,
-            480,
-            64,
-            1280,
-            40,
-            4.0,
-            "UniPC",
-            True,
-            "bfloat16",
-        ),
+        Family("sd15", "Stable Diffusion 1.x/2.x", "StableDiffusionPipeline", "image",
+               8, 512, 64, 2048, 20, 7.0, "DPM++ 2M Karras", False, "float16"),
+        Family("sdxl", "Stable Diffusion XL", "StableDiffusionXLPipeline", "image",
+               8, 1024, 64, 2048, 25, 6.0, "DPM++ 2M Karras", False, "float16"),
+        Family("flux", "Flux", "FluxPipeline", "image",
+               16, 1024, 64, 2048, 28, 3.5, "Flow Euler", True, "bfloat16"),
+        Family("wan21", "Wan 2.1 T2V", "WanPipeline", "video",
+               16, 832, 32, 1280, 30, 5.0, "UniPC", True, "bfloat16", default_height=480),
+        Family("wan21-i2v", "Wan 2.1 I2V", "WanImageToVideoPipeline", "video",
+               16, 832, 32, 1280, 30, 5.0, "UniPC", True, "bfloat16", "required",
+               default_height=480),
+        Family("wan22", "Wan 2.2 A14B T2V", "WanPipeline", "video",
+               16, 832, 32, 1280, 40, 4.0, "UniPC", True, "bfloat16", experts=2,
+               default_height=480),
+        Family("wan22-i2v", "Wan 2.2 A14B I2V", "WanImageToVideoPipeline", "video",
+               16, 832, 32, 1280, 40, 3.5, "UniPC", True, "bfloat16", "required", experts=2,
+               default_height=480),
+        Family("wan22-5b", "Wan 2.2 TI2V 5B", "WanPipeline", "video",
+               32, 1280, 32, 1280, 50, 5.0, "UniPC", True, "bfloat16", "optional",
+               default_height=704, default_frames=121),
     )
-}
+}  # fmt: skip
+VIDEO_FAMILIES = tuple(name for name, f in FAMILIES.items() if f.kind == "video")
 
 
 def family_from_model_index(index: dict) -> Family:
     """Pick the family from a parsed model_index.json; raise ValueError if unknown."""
     cls = index.get("_class_name", "")
+    two_experts = (index.get("transformer_2") or [None, None])[0] is not None
     if cls == "WanPipeline":
-        two_experts = (index.get("transformer_2") or [None, None])[0] is not None
+        if index.get("expand_timesteps"):
+            return FAMILIES["wan22-5b"]
         return FAMILIES["wan22" if two_experts else "wan21"]
+    if cls == "WanImageToVideoPipeline":
+        return FAMILIES["wan22-i2v" if two_experts else "wan21-i2v"]
     for fam in FAMILIES.values():
         if fam.pipeline_class == cls and fam.kind == "image":
             return fam

@@ -29,8 +29,8 @@ from .errors import RequestError
 from .families import Family
 
 EPS = ("sd15", "sdxl")
-FLOW_ALL = ("flux", "wan21", "wan22")
-WAN = ("wan21", "wan22")
+WAN = ("wan21", "wan21-i2v", "wan22", "wan22-i2v", "wan22-5b")
+FLOW_ALL = ("flux", *WAN)
 
 # The three noise-schedule switches that classes share; each entry sets all of them.
 _SIGMAS_OFF = {

@@ -12,9 +12,10 @@ import threading  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-import numpy as np  # noqa: E402
+import numpy as np
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from pipelines import builtin  # noqa: E402
 from pipelines.families import family_from_model_index  # noqa: E402
@@ -69,7 +70,8 @@ def test_builtin_loads_and_generates(cache_root: Path, name: str) -> None:
 
     pipe = load(folder)
     if name.startswith("tiny-wan"):
-        out = run(pipe, num_frames=5)
+        extra = {"image": Image.new("RGB", (64, 64), "red")} if name.endswith("i2v") else {}
+        out = run(pipe, num_frames=5, **extra)
         assert out.shape == (1, 5, 64, 64, 3)
         assert (pipe.transformer_2 is not None) == (name == "tiny-wan22")
         assert pipe.vae_scale_factor_spatial == 8
