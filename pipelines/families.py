@@ -27,7 +27,7 @@ class Family:
     # video only
     start_image: str = "none"  # "none" (text-to-video), "required" (I2V) or "optional" (TI2V)
     experts: int = 1  # Wan 2.2 A14B: 2 transformers switched at boundary_ratio
-    default_height: int = 0  # 0 = default_size
+    default_height: int = 0  # video: frame height (default_size is the width)
     default_frames: int = 81
 
 

@@ -217,6 +217,22 @@ class PipelineManager:
         return key
 
     # -- 3. running ----------------------------------------------------------
+    @contextmanager
+    def model_on_slot(
+        self, entry: ModelEntry, cancel: CancelToken | None, timings: dict[str, float]
+    ) -> Iterator[tuple[DeviceSlot, LoadedModel]]:
+        """A free slot holding `entry`, loaded and locked against eviction, for one run."""
+        t0 = time.perf_counter()
+        key = f"{entry.name}@{entry.path}"
+        with self._slot_for(key, cancel) as slot:
+            t1 = time.perf_counter()
+            key = self._loaded(slot, entry)
+            t2 = time.perf_counter()
+            timings.update(queue=t1 - t0, load=t2 - t1)
+            with slot.cache.locked(key) as loaded:
+                yield slot, loaded
+            timings["run"] = time.perf_counter() - t2
+
     def generate(
         self,
         request: GenerationRequest,
@@ -227,30 +243,28 @@ class PipelineManager:
         # 1. validate and resolve
         req, entry = self.prepare(request)
         loras = [(self.loras.get(n), w) for n, w in req.loras]
-        t_prep = time.perf_counter()
-        # 2. acquire a slot, preferring one that holds the model
-        key = f"{entry.name}@{entry.path}"
-        with self._slot_for(key, cancel) as slot:
-            t_slot = time.perf_counter()
-            # 3. load (or find) the base model and lock it against eviction
-            key = self._loaded(slot, entry)
-            t_load = time.perf_counter()
-            with slot.cache.locked(key) as loaded:
-                # 4. run each call with fresh scheduler + pipeline
-                images, seeds = self._run(slot, loaded, req, loras, on_progress, cancel)
-                model_hash = loaded.model_hash
-            t_run = time.perf_counter()
-        # 5. describe each image
+        timings = {"prepare": time.perf_counter() - t0}
+        # 2. a slot holding the model (preferring one that has it), 3. run every call
+        with self.model_on_slot(entry, cancel, timings) as (slot, loaded):
+            images, seeds = self._run(slot, loaded, req, loras, on_progress, cancel)
+        # 4. describe each image
         lora_hashes = {e.name: e.short_hash for e, _ in loras}
-        infotexts = [infotext_for(req, s, model_hash, lora_hashes) for s in seeds]
-        timings = {
-            "prepare": t_prep - t0,
-            "queue": t_slot - t_prep,
-            "load": t_load - t_slot,
-            "run": t_run - t_load,
-            "total": time.perf_counter() - t0,
-        }
+        infotexts = [infotext_for(req, s, loaded.model_hash, lora_hashes) for s in seeds]
+        timings["total"] = time.perf_counter() - t0
         return GenerationResult(req, images, seeds, infotexts, slot.name, timings)
+
+    def generate_video(
+        self,
+        request: Any,
+        image: Image.Image | None = None,
+        end_image: Image.Image | None = None,
+        on_progress: Callable[[ProgressEvent], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Any:
+        """Text/image-to-video with the Wan models; see pipelines/video.py."""
+        from .video import run_video
+
+        return run_video(self, request, image, end_image, on_progress, cancel)
 
     def _run(
         self,
@@ -271,7 +285,9 @@ class PipelineManager:
                 seeds = [req.seed + call * req.batch_size + i for i in range(req.batch_size)]
                 scheduler = build_scheduler(req.scheduler, family, loaded.pristine_scheduler, seeds)
                 pipe = fresh_pipeline(loaded.pipeline, scheduler)
-                callback = self._step_callback(req, family.name, call, on_progress, cancel)
+                callback = self.step_callback(
+                    family.name, call, req.batch_count, req.height, req.width, on_progress, cancel
+                )
                 out = pipe(
                     **call_arguments(req, family.name, seeds),
                     callback_on_step_end=callback,
@@ -295,14 +311,17 @@ class PipelineManager:
         finally:
             loaded.adapters.deactivate()
 
-    def _step_callback(
+    def step_callback(
         self,
-        req: GenerationRequest,
         family: str,
         call: int,
+        calls: int,
+        height: int,
+        width: int,
         on_progress: Callable[[ProgressEvent], None] | None,
         cancel: CancelToken | None,
     ) -> Callable[..., dict[str, Any]]:
+        """diffusers' callback_on_step_end: cancel, progress and previews."""
         every = self.settings.preview_every
 
         def callback(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -314,10 +333,9 @@ class PipelineManager:
                 done = call * per_call + i + 1
                 preview = None
                 if every and (i + 1) % every == 0 and i + 1 < per_call:
-                    preview = preview_from_latents(
-                        kwargs["latents"], family, req.height, req.width, pipe.vae_scale_factor
-                    )
-                on_progress(ProgressEvent(done, per_call * req.batch_count, preview))
+                    scale = getattr(pipe, "vae_scale_factor", None) or pipe.vae_scale_factor_spatial
+                    preview = preview_from_latents(kwargs["latents"], family, height, width, scale)
+                on_progress(ProgressEvent(done, per_call * calls, preview))
             return {}
 
         return callback

@@ -192,6 +192,16 @@ def check_name(field_name: str, value: Any, what: str) -> None:
         raise RequestError(field_name, rule)
 
 
+def check_size(field_name: str, value: Any, family: Family) -> None:
+    """A width or height: in the family's range and a multiple of its factor."""
+    _int(field_name, value, family.min_size, family.max_size)
+    if value % family.size_multiple:
+        rule = (
+            f"must be a multiple of {family.size_multiple} for {family.label} models, got {value}"
+        )
+        raise RequestError(field_name, rule)
+
+
 def validate(req: GenerationRequest, family: Family) -> None:
     """Check a resolved request against the rules of its model family.
 
@@ -205,14 +215,7 @@ def validate(req: GenerationRequest, family: Family) -> None:
     _int("num_inference_steps", req.num_inference_steps, 1, MAX_STEPS)
     _number("guidance_scale", req.guidance_scale, 0.0, MAX_CFG)
     for name in ("width", "height"):
-        value = getattr(req, name)
-        _int(name, value, family.min_size, family.max_size)
-        if value % family.size_multiple:
-            rule = (
-                f"must be a multiple of {family.size_multiple} for {family.label} models, "
-                f"got {value}"
-            )
-            raise RequestError(name, rule)
+        check_size(name, getattr(req, name), family)
     if req.seed != -1:
         _int("seed", req.seed, 0, MAX_SEED)
     _int("batch_size", req.batch_size, 1, MAX_BATCH_SIZE)
