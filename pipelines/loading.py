@@ -39,6 +39,28 @@ class LoadOptions:
     attention: str = "auto"
     attention_slicing: bool = False
     vae_tiling: bool = False
+    # "none"; "model" (whole components move to the GPU when used; needs a GPU);
+    # "group" (groups of layers are onloaded as they run: big models on small GPUs)
+    offload: str = "none"
+
+
+OFFLOADS = ("none", "model", "group")
+
+
+def placement(devices: list[str]) -> dict[str, Any]:
+    """from_pretrained arguments for a slot that spans several GPUs ("cuda:0+cuda:1"):
+    diffusers' pipeline-level "balanced" map places whole components across them
+    (a 14B Wan transformer on one GPU, text encoder and VAE on another)."""
+    if len(devices) < 2:
+        return {}
+    ids = [torch.device(d).index for d in devices]
+    if any(torch.device(d).type != "cuda" for d in devices) or None in ids:
+        raise ValueError(f"a slot over several devices must list CUDA GPUs, got {devices}")
+    return {"device_map": "balanced", "max_memory": {i: _gpu_budget(i) for i in ids}}
+
+
+def _gpu_budget(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).total_memory * 0.9)
 
 
 def choose_dtype(option: str, family: Family, device: torch.device) -> torch.dtype:
@@ -53,10 +75,17 @@ def choose_dtype(option: str, family: Family, device: torch.device) -> torch.dty
     return DTYPES[family.gpu_dtype]
 
 
-def load_pipeline(entry: ModelEntry, device: torch.device, options: LoadOptions) -> Any:
-    """A ready base pipeline for `entry` on `device`. Its scheduler is never run."""
+def load_pipeline(
+    entry: ModelEntry, device: torch.device, options: LoadOptions, span: list[str] | None = None
+) -> Any:
+    """A ready base pipeline for `entry` on `device` (or across `span` GPUs).
+    Its scheduler is never run."""
     from diffusers import DiffusionPipeline
 
+    if options.offload not in OFFLOADS:
+        raise ValueError(f"offload must be one of {', '.join(OFFLOADS)}; got {options.offload!r}")
+    if options.offload == "model" and device.type != "cuda":
+        raise ModelUnavailableError("offload=model moves components onto a GPU; this slot has none")
     dtype = choose_dtype(options.dtype, entry.family, device)
     extra: dict[str, Any] = {}
     if entry.family.name == "sd15":
@@ -64,10 +93,24 @@ def load_pipeline(entry: ModelEntry, device: torch.device, options: LoadOptions)
         extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
         with LOAD_LOCK:
-            pipe = DiffusionPipeline.from_pretrained(str(entry.path), dtype=dtype, **extra)
+            pipe = DiffusionPipeline.from_pretrained(
+                str(entry.path), dtype=dtype, **extra, **placement(span or [])
+            )
     except OSError as e:
         raise ModelUnavailableError(f"model '{entry.name}' could not be loaded: {e}") from e
-    pipe.to(device)
+    if span and len(span) > 1:
+        log.info("%s placed over %s by device_map", entry.name, span)  # no .to(), no offload
+    elif options.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif options.offload == "group":
+        pipe.enable_group_offload(
+            onload_device=device,
+            offload_device=torch.device("cpu"),
+            offload_type="leaf_level",
+            use_stream=device.type == "cuda",
+        )
+    else:
+        pipe.to(device)
     _apply_options(pipe, device, options)
     log.info("loaded %s (%s) on %s as %s", entry.name, entry.family.name, device, dtype)
     return pipe

@@ -109,9 +109,12 @@ class LoadedModel:
 
 
 class DeviceSlot:
-    def __init__(self, name: str, device: torch.device, budget_bytes: int | None) -> None:
+    def __init__(
+        self, name: str, device: torch.device, budget_bytes: int | None, span: list[str]
+    ) -> None:
         self.name = name
-        self.device = device
+        self.device = device  # where inputs go; a slot may span several GPUs (device_map)
+        self.span = span
         self.cache = ModelCache(budget_bytes, device)
         self.lock = threading.Lock()
         self.busy = False  # guarded by the manager's condition
@@ -145,12 +148,14 @@ class PipelineManager:
         self.loras = loras or LoraLibrary(s.loras_dir, s.cache_root)
         devices = s.devices or default_devices()
         self.slots: list[DeviceSlot] = []
-        for i, dev in enumerate(devices):
+        for i, spec in enumerate(devices):
+            span = spec.split("+")  # "cuda:0+cuda:1": one slot over two GPUs (big models)
+            dev = span[0]
             device = torch.device(dev)
-            same = sum(1 for d in devices if torch.device(d).type == device.type)
+            same = sum(1 for d in devices if torch.device(d.split("+")[0]).type == device.type)
             budget = s.cache_budget_mb * 2**20 if s.cache_budget_mb else None
             budget = budget or default_budget(device, same)
-            self.slots.append(DeviceSlot(f"{dev}#{i}", device, budget))
+            self.slots.append(DeviceSlot(f"{spec}#{i}", device, budget, span))
         self._cond = threading.Condition()
 
     # -- 1. preparing a request (no slot needed) -----------------------------
@@ -201,7 +206,7 @@ class PipelineManager:
         if key in slot.cache:
             return key
         slot.cache.make_room(_disk_bytes(entry.path))
-        pipe = load_pipeline(entry, slot.device, self.settings.load)
+        pipe = load_pipeline(entry, slot.device, self.settings.load, slot.span)
         slot.loads += 1
         s = self.settings
         loaded = LoadedModel(

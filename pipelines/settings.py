@@ -53,8 +53,9 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
     Setting("loras_dir", "loras", "folder scanned recursively for LoRA .safetensors files"),
     Setting("outputs_dir", "outputs", "where images are saved as PNG; 'off' saves nothing"),
     Setting("cache_dir", "", "where built-in models are built (default ~/.cache/atelier)"),
-    Setting("devices", "", "comma-separated device slots, e.g. cuda:0,cuda:1 or cpu,cpu "
-            "(default: every CUDA GPU, else one CPU slot)", _devices),
+    Setting("devices", "", "comma-separated device slots, e.g. cuda:0,cuda:1 or cpu,cpu; "
+            "cuda:0+cuda:1 is one slot over two GPUs (default: every CUDA GPU, else one CPU "
+            "slot)", _devices),
     Setting("dtype", "auto", "auto (fp32 on CPU, fp16/bf16 by family on GPU), float32, "
             "float16 or bfloat16"),
     Setting("cache_budget_mb", 0, "model cache size per device slot in MB (0 = 90% of GPU "
@@ -63,6 +64,8 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
             "sdpa or xformers"),
     Setting("attention_slicing", False, "slice attention to save memory (slower)", _bool),
     Setting("vae_tiling", False, "decode large images in tiles to save memory", _bool),
+    Setting("offload", "none", "none, model (components move to the GPU when used) or group "
+            "(layer groups onloaded as they run): for models bigger than the GPU"),
     Setting("allow_hub", True, "allow Hub ids (owner/name) as model names", _bool),
     Setting("preview_every", 0, "live preview every N steps (0 = off)", int),
     Setting("lora_mode", "switch", "switch (resident adapters, set per request), fused (fuse "
@@ -120,5 +123,6 @@ def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
             attention=values["attention"],
             attention_slicing=values["attention_slicing"],
             vae_tiling=values["vae_tiling"],
+            offload=values["offload"],
         ),
     )

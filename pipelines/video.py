@@ -233,7 +233,10 @@ def run_video(
     timings["total"] = time.perf_counter() - t0
     params = {**req.to_dict(), "family": family.name, "model_hash": loaded.model_hash,
               "start_image": image is not None, "end_image": end_image is not None,
-              "lora_hashes": {e.name: e.short_hash for e, _ in loras}}  # fmt: skip
+              "lora_hashes": {e.name: e.short_hash for e, _ in loras},
+              "memory": {"offload": manager.settings.load.offload,
+                         "vae_tiling": manager.settings.load.vae_tiling,
+                         "devices": slot.span}}  # fmt: skip
     return VideoResult(req, frames, req.seed, params, slot.name, timings)
 
 

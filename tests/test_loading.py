@@ -50,3 +50,31 @@ def test_xformers_requested_without_the_package_fails_clearly(cache_root):
     m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, load=opts))
     with pytest.raises(ModelUnavailableError, match="needs the 'xformers' package"):
         m.generate(GenerationRequest(prompt="a", num_inference_steps=1, width=64, height=64))
+
+
+def test_group_offload_is_applied_and_gives_the_same_video(cache_root):
+    from pipelines.video import VideoRequest
+
+    req = VideoRequest(prompt="a boat", num_frames=5, width=32, height=32,
+                       num_inference_steps=2, seed=3)  # fmt: skip
+    plain = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root))
+    opts = LoadOptions(offload="group", vae_tiling=True)
+    grouped = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, load=opts))
+    a = plain.generate_video(req)
+    b = grouped.generate_video(req)
+    pipe = only_model(grouped)
+    assert hasattr(pipe.transformer, "_diffusers_hook") and pipe.vae.use_tiling
+    assert b.parameters["memory"] == {"offload": "group", "vae_tiling": True, "devices": ["cpu"]}
+    assert torch.equal(torch.from_numpy(a.frames), torch.from_numpy(b.frames))
+
+
+def test_model_offload_needs_a_gpu_slot_and_spans_need_gpus(cache_root):
+    from pipelines.loading import placement
+
+    opts = LoadOptions(offload="model")
+    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, load=opts))
+    with pytest.raises(ModelUnavailableError, match="offload=model .* this slot has none"):
+        m.generate(GenerationRequest(prompt="a", num_inference_steps=1, width=64, height=64))
+    assert placement(["cuda:0"]) == {}
+    with pytest.raises(ValueError, match="must list CUDA GPUs"):
+        placement(["cpu", "cpu"])
