@@ -62,7 +62,79 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--task-id", help="name the files <task-id>-<n>.png and echo it in --json")
     gen.add_argument("--jobs", type=Path, help="JSON-lines file of requests, one per line")
     gen.add_argument("--json", action="store_true", help="print a JSON object per request")
+    add_video_parser(sub)
     return parser
+
+
+def add_video_parser(sub: Any) -> None:
+    from pipelines.settings import ENGINE_SETTINGS, add_arguments
+
+    vid = sub.add_parser("video", help="generate a video with a Wan model")
+    add_arguments(vid, ENGINE_SETTINGS, subcommand=True)
+    vid.add_argument("--prompt", required=True, help="what happens in the video")
+    vid.add_argument("--negative-prompt", default="", help="what to avoid")
+    vid.add_argument("--model", help="Wan model name or folder (default tiny-wan)")
+    vid.add_argument("--image", type=Path, help="start image (image-to-video models)")
+    vid.add_argument("--end-image", type=Path, help="end image (where the model supports it)")
+    vid.add_argument("--frames", type=int, help="number of frames, 4k+1 (e.g. 81)")
+    vid.add_argument("--fps", type=int, default=16, help="frames per second of the file")
+    vid.add_argument("--width", type=int)
+    vid.add_argument("--height", type=int)
+    vid.add_argument("--steps", type=int, help="number of denoising steps")
+    vid.add_argument("--cfg", type=float, help="guidance scale")
+    vid.add_argument("--cfg2", type=float, help="guidance of the low-noise expert (Wan 2.2 A14B)")
+    vid.add_argument("--flow-shift", type=float, help="flow shift (default: the model's)")
+    vid.add_argument("--scheduler", help='e.g. "UniPC", "Flow Euler"')
+    vid.add_argument("--seed", type=int, default=-1)
+    vid.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT")
+    vid.add_argument("--out", type=Path, help="folder for the file (default: outputs dir)")
+    vid.add_argument("--format", default="mp4", choices=["mp4", "webp", "gif", "frames"])
+    vid.add_argument("--json", action="store_true", help="print a JSON object")
+
+
+def cmd_video(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from pipelines.errors import AtelierError, RequestError
+    from pipelines.export import save_video
+    from pipelines.video import VideoRequest
+
+    manager, values = build_manager(args)
+    out = _out_dir(args, values) or Path("outputs")
+    try:
+        model = args.model
+        if model and Path(model).expanduser().is_dir():
+            model = manager.registry.add(model)
+        images = {}
+        for key in ("image", "end_image"):
+            path = getattr(args, key)
+            if path is not None:
+                if not path.is_file():
+                    raise RequestError(key, f"no such file: {path}")
+                images[key] = Image.open(path).convert("RGB")
+        req = VideoRequest(
+            prompt=args.prompt, negative_prompt=args.negative_prompt, model=model,
+            scheduler=args.scheduler, num_frames=args.frames, fps=args.fps, width=args.width,
+            height=args.height, num_inference_steps=args.steps, guidance_scale=args.cfg,
+            guidance_scale_2=args.cfg2, flow_shift=args.flow_shift, seed=args.seed,
+            loras=_lora_pairs(args.lora),
+        )  # fmt: skip
+        result = manager.generate_video(req, **images)
+        path, sidecar = save_video(result.frames, out, result.request.fps, result.parameters,
+                                   fmt=args.format, stem=f"video-{result.seed}")  # fmt: skip
+    except RequestError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except AtelierError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps({"paths": [str(path), str(sidecar)], "seed": result.seed,
+                          "request": result.request.to_dict(),
+                          "seconds": round(result.timings["total"], 3)}))  # fmt: skip
+    else:
+        print(f"{path}\n{sidecar}")
+    return 0
 
 
 def build_manager(args: argparse.Namespace) -> Any:
@@ -216,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_models(args)
     if args.command == "generate":
         return cmd_generate(args)
+    if args.command == "video":
+        return cmd_video(args)
     return cmd_serve(args)  # no subcommand, or "serve"
 
 

@@ -99,3 +99,17 @@ def test_jobs_file_runs_all_and_reports_bad_jobs(cache_root, tmp_path):
     assert results[3]["seeds"] == [3, 4]
     assert len(list((tmp_path / "o").glob("*.png"))) == 3
     assert "jobs" in out.stderr  # the progress bar
+
+
+def test_video_command_writes_mp4_and_json(cache_root, tmp_path):
+    out = app(cache_root, "video", "--prompt", "a wave", "--frames", "9", "--width", "32",
+              "--height", "32", "--steps", "2", "--seed", "4", "--fps", "8", "--out",
+              str(tmp_path), "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    mp4, sidecar = (Path(p) for p in report["paths"])
+    assert mp4.suffix == ".mp4" and mp4.stat().st_size > 0
+    assert json.loads(sidecar.read_text())["num_frames"] == 9
+    bad = app(cache_root, "video", "--prompt", "a wave", "--frames", "10", "--out", str(tmp_path))
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("error: num_frames: must be 4k+1")
