@@ -160,7 +160,8 @@ def test_dockerfile_pins_equal_requirements():
     docker = _pins([ln for ln in (ROOT / "Dockerfile").read_text().splitlines()
                     if "pip" in ln or "uv" in ln or "ARG" in ln])  # fmt: skip
     assert docker, "the Dockerfile pins nothing"
-    gpu_only = {"xformers"}  # GPU images only; requirements.txt is what the tests run with
+    # Not runtime requirements: xformers (GPU images only) and uv (the installer itself).
+    gpu_only = {"xformers", "uv"}
     for name, version in docker.items():
         if name in gpu_only:
             continue

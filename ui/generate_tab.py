@@ -61,7 +61,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                 with gr.Row(equal_height=True):
                     model = gr.Dropdown(list(models), value=model_name, label="Model", scale=4,
                                         elem_id="atelier-model")  # fmt: skip
-                    refresh = gr.Button("🔄", scale=0, min_width=44, elem_id="atelier-refresh")
+                    refresh = gr.Button("↻", scale=0, min_width=44, elem_id="atelier-refresh")
                     scheduler = gr.Dropdown(available_schedulers(family), scale=4,
                                             value=family.default_scheduler, label="Sampler",
                                             elem_id="atelier-scheduler")  # fmt: skip
@@ -74,8 +74,12 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                 with gr.Row(equal_height=True):
                     seed = gr.Number(-1, precision=0, label="Seed (-1 = random)", scale=4,
                                      elem_id="atelier-seed")  # fmt: skip
-                    random_seed = gr.Button("🎲", scale=0, min_width=44, elem_id="atelier-random")
-                    reuse_seed = gr.Button("♻️", scale=0, min_width=44, elem_id="atelier-reuse")
+                    random_seed = gr.Button(
+                        "Random", scale=0, min_width=70, elem_id="atelier-random"
+                    )
+                    reuse_seed = gr.Button(
+                        "Reuse last", scale=0, min_width=90, elem_id="atelier-reuse"
+                    )
                 with gr.Row():
                     batch_size = gr.Slider(**specs["batch_size"], label="Batch size",
                                            elem_id="atelier-batch-size")  # fmt: skip
@@ -104,6 +108,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                 to_pnginfo = gr.Button("Send to PNG Info", size="sm", elem_id="atelier-to-pnginfo")
                 history = gr.Gallery(label="History (this session, newest first)", format="png",
                                      columns=6, height=240, interactive=False,
+                                     object_fit="contain", preview=False, fit_columns=False,
                                      elem_id="atelier-history")  # fmt: skip
         last_seed = gr.State(-1)
         shown = gr.State([])  # [(path, infotext), ...] of the gallery

@@ -96,7 +96,7 @@ def build_lora_panel(manager: Any, family: str, prompt: gr.Textbox) -> LoraPanel
             info="type to search; trigger words in [brackets]", elem_id="atelier-lora-search",
             scale=4,
         )  # fmt: skip
-        refresh = gr.Button("🔄 LoRAs", scale=0, min_width=90, elem_id="atelier-lora-refresh")
+        refresh = gr.Button("↻ LoRAs", scale=0, min_width=90, elem_id="atelier-lora-refresh")
     rows = []
     for i in range(LORA_ROWS):
         with gr.Row(visible=False, equal_height=True) as row:
@@ -106,7 +106,7 @@ def build_lora_panel(manager: Any, family: str, prompt: gr.Textbox) -> LoraPanel
                                elem_id=f"atelier-lora-weight-{i}")  # fmt: skip
             triggers = gr.Textbox(show_label=False, interactive=False, container=False, scale=2,
                                   placeholder="no trigger words")  # fmt: skip
-            insert = gr.Button("➕ triggers", scale=0, min_width=90, size="sm")
+            insert = gr.Button("+ triggers", scale=0, min_width=90, size="sm")
             remove = gr.Button("✕", scale=0, min_width=40, size="sm")
         rows.append(LoraRow(row, name, weight, triggers, insert, remove))
     panel = LoraPanel(search, refresh, rows)
