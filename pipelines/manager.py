@@ -22,13 +22,14 @@ while a model loads or runs.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from . import preprocess
 from .adapters import AdapterSet
 from .cache import ModelCache, module_bytes
+from .controlnets import ControlNetLibrary, load_controlnet
 from .errors import Cancelled, RequestError
 from .hashes import folder_model_hash
 from .loading import LoadOptions, fresh_pipeline, load_pipeline
@@ -47,6 +50,8 @@ from .preview import preview_from_latents
 from .registry import ModelEntry, ModelRegistry
 from .request import MAX_SEED, GenerationRequest, check_name, resolve_defaults, validate
 from .schedulers import build_scheduler, get_spec
+from .tasks import Inputs, check_inputs, dtype_of, task_arguments, task_of
+from .tasks import build as build_task
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +62,8 @@ class EngineSettings:
     default_model: str = "tiny-sd"
     models_dir: Path | None = None
     loras_dir: Path | None = None
+    controlnets_dir: Path | None = None
+    annotators_dir: Path | None = None  # weights of the ControlNet preprocessors
     cache_root: Path | None = None  # built-in models; None = ~/.cache/atelier
     cache_budget_mb: int | None = None  # per slot; None = 90% of GPU memory / half the RAM
     allow_hub: bool = True
@@ -146,6 +153,7 @@ class PipelineManager:
         self.settings = s = settings or EngineSettings()
         self.registry = registry or ModelRegistry(s.models_dir, s.cache_root, s.allow_hub)
         self.loras = loras or LoraLibrary(s.loras_dir, s.cache_root)
+        self.controlnets = ControlNetLibrary(s.controlnets_dir, s.cache_root, s.allow_hub)
         devices = s.devices or default_devices()
         self.slots: list[DeviceSlot] = []
         for i, spec in enumerate(devices):
@@ -159,8 +167,10 @@ class PipelineManager:
         self._cond = threading.Condition()
 
     # -- 1. preparing a request (no slot needed) -----------------------------
-    def prepare(self, request: GenerationRequest) -> tuple[GenerationRequest, ModelEntry]:
-        """Resolve defaults, validate, and choose the seed. Raises RequestError."""
+    def prepare(
+        self, request: GenerationRequest, inputs: Inputs | None = None
+    ) -> tuple[GenerationRequest, ModelEntry]:
+        """Resolve defaults, validate (images too), and choose the seed. Raises RequestError."""
         if not isinstance(request, GenerationRequest):
             raise RequestError("request", "must be a GenerationRequest")
         name = request.model or self.settings.default_model
@@ -174,6 +184,11 @@ class PipelineManager:
         get_spec(req.scheduler, entry.family)  # unknown scheduler -> list of valid ones
         for lora_name, _ in req.loras:
             check_family(self.loras.get(lora_name), entry.family.name, name)
+        check_inputs(req, inputs or Inputs(), entry.family.name, name)
+        for i, unit in enumerate(req.controlnets):
+            cn = self.controlnets.get(unit.model, f"controlnets[{i}].model")
+            cn.check_family(entry.family.name, name, f"controlnets[{i}].model")
+            preprocess.check(unit.module, self.settings.annotators_dir, f"controlnets[{i}].module")
         if req.seed == -1:
             req = replace(req, seed=secrets.randbelow(MAX_SEED + 1))
         return req, entry
@@ -243,18 +258,25 @@ class PipelineManager:
         request: GenerationRequest,
         on_progress: Callable[[ProgressEvent], None] | None = None,
         cancel: CancelToken | None = None,
+        inputs: Inputs | None = None,
     ) -> GenerationResult:
+        """Text-to-image, or image-to-image / inpainting / ControlNet with `inputs`."""
         t0 = time.perf_counter()
+        inputs = inputs or Inputs()
         # 1. validate and resolve
-        req, entry = self.prepare(request)
+        req, entry = self.prepare(request, inputs)
         loras = [(self.loras.get(n), w) for n, w in req.loras]
         timings = {"prepare": time.perf_counter() - t0}
         # 2. a slot holding the model (preferring one that has it), 3. run every call
         with self.model_on_slot(entry, cancel, timings) as (slot, loaded):
-            images, seeds = self._run(slot, loaded, req, loras, on_progress, cancel)
+            images, seeds = self._run(slot, loaded, req, loras, inputs, on_progress, cancel)
         # 4. describe each image
         lora_hashes = {e.name: e.short_hash for e, _ in loras}
-        infotexts = [infotext_for(req, s, loaded.model_hash, lora_hashes) for s in seeds]
+        cn_hashes = {u.model: folder_model_hash(self.controlnets.get(u.model).path)
+                     for u in req.controlnets}  # fmt: skip
+        task = task_of(req, inputs)
+        infotexts = [infotext_for(req, s, loaded.model_hash, lora_hashes, task, cn_hashes)
+                     for s in seeds]  # fmt: skip
         timings["total"] = time.perf_counter() - t0
         return GenerationResult(req, images, seeds, infotexts, slot.name, timings)
 
@@ -277,30 +299,55 @@ class PipelineManager:
         loaded: LoadedModel,
         req: GenerationRequest,
         loras: list[tuple[LoraEntry, float]],
+        inputs: Inputs,
         on_progress: Callable[[ProgressEvent], None] | None,
         cancel: CancelToken | None,
     ) -> tuple[list[Image.Image], list[int]]:
         family = loaded.entry.family
+        task = task_of(req, inputs)
         images: list[Image.Image] = []
         all_seeds: list[int] = []
-        with self._adapters(loaded, loras):
+        with self._controlnets(slot, loaded, req) as controlnets, self._adapters(loaded, loras):
+            maps = [preprocess.run(u.module, inputs.control_images[i], req.width, req.height,
+                                   self.settings.annotators_dir, u.low_threshold,
+                                   u.high_threshold, req.seed)
+                    for i, u in enumerate(req.controlnets)]  # fmt: skip
             for call in range(req.batch_count):
                 if cancel is not None and cancel.cancelled:
                     raise Cancelled("cancelled")
                 seeds = [req.seed + call * req.batch_size + i for i in range(req.batch_size)]
                 scheduler = build_scheduler(req.scheduler, family, loaded.pristine_scheduler, seeds)
-                pipe = fresh_pipeline(loaded.pipeline, scheduler)
+                if task == "txt2img":
+                    pipe = fresh_pipeline(loaded.pipeline, scheduler)
+                else:
+                    pipe = build_task(loaded.pipeline, family.name, task, scheduler, controlnets)
                 callback = self.step_callback(
                     family.name, call, req.batch_count, req.height, req.width, on_progress, cancel
                 )
-                out = pipe(
-                    **call_arguments(req, family.name, seeds),
-                    callback_on_step_end=callback,
-                    callback_on_step_end_tensor_inputs=["latents"],
-                )
+                args = {**call_arguments(req, family.name, seeds),
+                        **task_arguments(req, task, inputs, maps)}  # fmt: skip
+                if "width" not in inspect.signature(pipe.__call__).parameters:
+                    del args["width"], args["height"]  # img2img: the resized init image's size
+                out = pipe(**args, callback_on_step_end=callback,
+                           callback_on_step_end_tensor_inputs=["latents"])  # fmt: skip
                 images.extend(out.images)
                 all_seeds.extend(seeds)
         return images, all_seeds
+
+    @contextmanager
+    def _controlnets(
+        self, slot: DeviceSlot, loaded: LoadedModel, req: GenerationRequest
+    ) -> Iterator[list[Any]]:
+        """The request's ControlNets, loaded into the slot's cache and locked while used."""
+        with ExitStack() as stack:
+            models = []
+            for unit in req.controlnets:
+                cn = self.controlnets.get(unit.model)
+                if cn.key not in slot.cache:
+                    model = load_controlnet(cn, slot.device, dtype_of(loaded.pipeline))
+                    slot.cache.put(cn.key, model, module_bytes(model))
+                models.append(stack.enter_context(slot.cache.locked(cn.key)))
+            yield models
 
     @contextmanager
     def _adapters(
@@ -346,6 +393,11 @@ class PipelineManager:
         return callback
 
     # -- queries -------------------------------------------------------------
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no slot runs a request; False if `timeout` seconds passed first."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not any(s.busy for s in self.slots), timeout)
+
     def slot_summary(self) -> list[dict[str, Any]]:
         return [
             {"slot": s.name, "device": str(s.device), "busy": s.busy, "models": s.cache.names(),

@@ -7,9 +7,11 @@ as `<lora:name:weight>` tags in the prompt and as `Lora hashes`.
 
 from __future__ import annotations
 
+import re
+
 from .errors import RequestError
 from .infotext import format_infotext, lora_hashes_value, parse_infotext
-from .request import GenerationRequest, split_lora_tags
+from .request import ControlUnit, GenerationRequest, split_lora_tags
 from .schedulers import SCHEDULERS
 
 VERSION = "atelier-0.1.0"
@@ -24,8 +26,10 @@ def infotext_for(
     seed: int,
     model_hash: str | None,
     lora_hashes: dict[str, str],
+    task: str = "txt2img",
+    controlnet_hashes: dict[str, str] | None = None,
 ) -> str:
-    """The infotext of one image of a resolved request."""
+    """The infotext of one image of a resolved request (task from tasks.task_of)."""
     spec = next(s for s in SCHEDULERS if s.name == req.scheduler)
     tags = " ".join(f"<lora:{name}:{_num(w)}>" for name, w in req.loras)
     prompt = f"{req.prompt} {tags}".strip() if tags else req.prompt
@@ -38,10 +42,47 @@ def infotext_for(
         "Size": f"{req.width}x{req.height}",
         "Model hash": model_hash,
         "Model": req.model,
-        "Lora hashes": lora_hashes_value(list(lora_hashes.items())) if lora_hashes else None,
-        "Version": VERSION,
+        "Denoising strength": _num(req.strength)
+        if task.startswith(("img2img", "inpaint"))
+        else None,
+        "Mask blur": req.mask_blur if task.startswith("inpaint") else None,
     }
+    for i, unit in enumerate(req.controlnets):
+        params[f"ControlNet {i}"] = controlnet_value(
+            unit, (controlnet_hashes or {}).get(unit.model)
+        )
+    params["Lora hashes"] = lora_hashes_value(list(lora_hashes.items())) if lora_hashes else None
+    params["Version"] = VERSION
     return format_infotext(prompt, req.negative_prompt, params)
+
+
+def controlnet_value(unit: ControlUnit, model_hash: str | None) -> str:
+    """One unit in the A1111 ControlNet extension's infotext format."""
+    model = f"{unit.model} [{model_hash[:8]}]" if model_hash else unit.model
+    return (
+        f"Module: {unit.module}, Model: {model}, Weight: {_num(unit.weight)}, "
+        "Resize Mode: Just Resize, Processor Res: 512, "
+        f"Threshold A: {unit.low_threshold}, Threshold B: {unit.high_threshold}, "
+        f"Guidance Start: {_num(unit.guidance_start)}, Guidance End: {_num(unit.guidance_end)}, "
+        "Pixel Perfect: False, Control Mode: Balanced"
+    )
+
+
+def parse_controlnet_value(text: str) -> ControlUnit:
+    fields = dict(part.split(": ", 1) for part in text.split(", ") if ": " in part)
+    model = re.sub(r"\s*\[[0-9a-fA-F]+\]$", "", fields.get("Model", "")).strip()
+    try:
+        return ControlUnit(
+            model=model,
+            module=fields.get("Module", "none"),
+            weight=float(fields.get("Weight", 1.0)),
+            guidance_start=float(fields.get("Guidance Start", 0.0)),
+            guidance_end=float(fields.get("Guidance End", 1.0)),
+            low_threshold=int(float(fields.get("Threshold A", 100))),
+            high_threshold=int(float(fields.get("Threshold B", 200))),
+        )
+    except ValueError:
+        raise RequestError("ControlNet", f"unreadable unit {text!r}") from None
 
 
 def _scheduler_name(sampler: str, schedule_type: str | None) -> str:
@@ -91,5 +132,22 @@ def request_from_infotext(text: str) -> GenerationRequest:
         height=height,
         seed=get_int("Seed") if "Seed" in params else -1,
         loras=loras,
+        **_image_fields(params),
     )
     return req
+
+
+def _image_fields(params: dict[str, str]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    try:
+        if "Denoising strength" in params:
+            out["strength"] = float(params["Denoising strength"])
+        if "Mask blur" in params:
+            out["mask_blur"] = int(params["Mask blur"])
+    except ValueError:
+        raise RequestError("Denoising strength", "must be a number") from None
+    units = sorted((int(k.split()[1]), v) for k, v in params.items()
+                   if re.fullmatch(r"ControlNet \d+", k))  # fmt: skip
+    if units:
+        out["controlnets"] = tuple(parse_controlnet_value(v) for _, v in units)
+    return out

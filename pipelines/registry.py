@@ -142,6 +142,14 @@ class ModelRegistry:
         valid = ", ".join(self.names())
         raise RequestError("model", f"unknown model '{name}'; available: {valid}")
 
+    def family_of(self, name: str) -> Family:
+        """A model's family without building or loading it (built-ins: from the table)."""
+        from .families import FAMILIES
+
+        if name in builtin.BUILTIN_MODELS:
+            return FAMILIES[builtin.BUILTIN_MODELS[name]]
+        return self.resolve(name).family
+
     def list(self) -> list[ModelEntry]:
         """Every model that can be used now (built-ins are built if missing)."""
         out = []

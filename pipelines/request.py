@@ -31,6 +31,7 @@ MAX_PROMPT_CHARS = 10_000
 MAX_SEED = 2**32 - 1
 LORA_WEIGHT_RANGE = (-2.0, 2.0)
 MAX_LORAS = 16
+MAX_CONTROLNETS = 8
 # Names of models and LoRAs: letters, digits, and . _ - (and one "/" for Hub ids).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 LORA_TAG_RE = re.compile(r"<lora:([^<>]*)>")
@@ -42,6 +43,34 @@ ALIASES = {
     "cfg_scale": "guidance_scale",
     "negative": "negative_prompt",
 }
+
+
+@dataclass(frozen=True)
+class ControlUnit:
+    """One ControlNet unit, as A1111's ControlNet extension names its fields."""
+
+    model: str  # ControlNet name (built-in, controlnets folder, or Hub id)
+    module: str = "none"  # preprocessor; "none" = the control image is the map
+    weight: float = 1.0  # controlnet_conditioning_scale
+    guidance_start: float = 0.0
+    guidance_end: float = 1.0
+    low_threshold: int = 100  # canny thresholds (A1111 "Threshold A/B")
+    high_threshold: int = 200
+
+    @classmethod
+    def from_value(cls, value: Any, i: int) -> ControlUnit:
+        if isinstance(value, ControlUnit):
+            return value
+        if not isinstance(value, Mapping):
+            raise RequestError(f"controlnets[{i}]", "must be an object with at least 'model'")
+        known = {f.name for f in fields(cls)}
+        unknown = set(value) - known
+        if unknown:
+            rule = f"unknown field(s) {sorted(unknown)}; known: {', '.join(sorted(known))}"
+            raise RequestError(f"controlnets[{i}]", rule)
+        if "model" not in value:
+            raise RequestError(f"controlnets[{i}].model", "is required")
+        return cls(**value)
 
 
 @dataclass(frozen=True)
@@ -59,6 +88,10 @@ class GenerationRequest:
     batch_count: int = 1
     # (name, weight) pairs; a dict is accepted and normalised.
     loras: tuple[tuple[str, float], ...] = field(default_factory=tuple)
+    # Image-to-image / inpainting (used when an init image is given to generate)
+    strength: float = 0.75  # denoising strength, (0, 1]
+    mask_blur: int = 4  # pixels of Gaussian blur on the inpainting mask
+    controlnets: tuple[ControlUnit, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         loras = self.loras
@@ -72,11 +105,17 @@ class GenerationRequest:
                 raise RequestError("loras", "must be a mapping of LoRA name to weight")
             pairs.append((item[0], item[1]))
         object.__setattr__(self, "loras", tuple(pairs))
+        units = self.controlnets
+        if isinstance(units, (Mapping, str)) or not isinstance(units, Iterable):
+            raise RequestError("controlnets", "must be a list of ControlNet units")
+        units = tuple(ControlUnit.from_value(u, i) for i, u in enumerate(units))
+        object.__setattr__(self, "controlnets", units)
 
     # -- JSON ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["loras"] = dict(self.loras)
+        d["controlnets"] = [asdict(u) for u in self.controlnets]
         return {k: v for k, v in d.items() if v is not None}
 
     def to_json(self) -> str:
@@ -226,3 +265,21 @@ def validate(req: GenerationRequest, family: Family) -> None:
     for name, weight in req.loras:
         check_name("loras", name, "LoRA")
         _number(f"loras[{name}]", weight, lo, hi)
+    _number("strength", req.strength, 0.0, 1.0)
+    if req.strength <= 0:
+        raise RequestError("strength", f"must be > 0 and <= 1, got {req.strength}")
+    _int("mask_blur", req.mask_blur, 0, 64)
+    if len(req.controlnets) > MAX_CONTROLNETS:
+        rule = f"at most {MAX_CONTROLNETS} units, got {len(req.controlnets)}"
+        raise RequestError("controlnets", rule)
+    for i, unit in enumerate(req.controlnets):
+        at = f"controlnets[{i}]"
+        check_name(f"{at}.model", unit.model, "ControlNet")
+        _number(f"{at}.weight", unit.weight, 0.0, 2.0)
+        _number(f"{at}.guidance_start", unit.guidance_start, 0.0, 1.0)
+        _number(f"{at}.guidance_end", unit.guidance_end, 0.0, 1.0)
+        if unit.guidance_start >= unit.guidance_end:
+            rule = f"must be less than guidance_end ({unit.guidance_start} >= {unit.guidance_end})"
+            raise RequestError(f"{at}.guidance_start", rule)
+        _int(f"{at}.low_threshold", unit.low_threshold, 0, 255)
+        _int(f"{at}.high_threshold", unit.high_threshold, 0, 255)

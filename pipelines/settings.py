@@ -12,10 +12,10 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .loading import LoadOptions
-from .manager import EngineSettings
+if TYPE_CHECKING:
+    from .manager import EngineSettings
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class Setting:
         return "ATELIER_" + self.name.upper()
 
 
-def _bool(text: str) -> bool:
+def parse_bool(text: str) -> bool:
     value = text.strip().lower()
     if value in ("1", "true", "yes", "on"):
         return True
@@ -51,6 +51,9 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
     Setting("default_model", "tiny-sd", "model used when a request names none"),
     Setting("models_dir", "models", "folder of diffusers model folders (each becomes a model)"),
     Setting("loras_dir", "loras", "folder scanned recursively for LoRA .safetensors files"),
+    Setting("controlnets_dir", "controlnets", "folder of diffusers ControlNet folders"),
+    Setting("annotators_dir", "annotators", "folder of ControlNet preprocessor weights "
+            "(HED, MiDaS, OpenPose, ...); nothing is downloaded"),
     Setting("outputs_dir", "outputs", "where images are saved as PNG; 'off' saves nothing"),
     Setting("cache_dir", "", "where built-in models are built (default ~/.cache/atelier)"),
     Setting("devices", "", "comma-separated device slots, e.g. cuda:0,cuda:1 or cpu,cpu; "
@@ -62,11 +65,11 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
             "memory, or half the RAM shared by CPU slots)", int),
     Setting("attention", "auto", "auto (xformers when installed on CUDA, else PyTorch SDPA), "
             "sdpa or xformers"),
-    Setting("attention_slicing", False, "slice attention to save memory (slower)", _bool),
-    Setting("vae_tiling", False, "decode large images in tiles to save memory", _bool),
+    Setting("attention_slicing", False, "slice attention to save memory (slower)", parse_bool),
+    Setting("vae_tiling", False, "decode large images in tiles to save memory", parse_bool),
     Setting("offload", "none", "none, model (components move to the GPU when used) or group "
             "(layer groups onloaded as they run): for models bigger than the GPU"),
-    Setting("allow_hub", True, "allow Hub ids (owner/name) as model names", _bool),
+    Setting("allow_hub", True, "allow Hub ids (owner/name) as model names", parse_bool),
     Setting("preview_every", 0, "live preview every N steps (0 = off)", int),
     Setting("lora_mode", "switch", "switch (resident adapters, set per request), fused (fuse "
             "for runs of requests with one LoRA set) or hotswap (for torch.compile)"),
@@ -102,6 +105,10 @@ def resolve(
 
 
 def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
+    """EngineSettings from resolved values (imports the engine, hence torch, only here)."""
+    from .loading import LoadOptions
+    from .manager import EngineSettings
+
     def path(name: str) -> Path | None:
         return Path(values[name]).expanduser() if values[name] else None
 
@@ -110,6 +117,8 @@ def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
         default_model=values["default_model"],
         models_dir=path("models_dir"),
         loras_dir=path("loras_dir"),
+        controlnets_dir=path("controlnets_dir"),
+        annotators_dir=path("annotators_dir"),
         cache_root=path("cache_dir"),
         cache_budget_mb=values["cache_budget_mb"] or None,
         allow_hub=values["allow_hub"],

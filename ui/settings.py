@@ -14,12 +14,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import Setting, _bool, resolve
+from pipelines.settings import Setting, parse_bool, resolve
 
 SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("host", "127.0.0.1", "address the studio listens on (0.0.0.0 for every interface)"),
     Setting("port", 7860, "port the studio listens on", int),
-    Setting("share", False, "also open a temporary public gradio.live link", _bool),
+    Setting("share", False, "also open a temporary public gradio.live link", parse_bool),
     Setting("auth", "", "require a login: user:password pairs separated by commas, or a "
             "file with one user:password a line (empty = no login)"),
     Setting("root_path", "", "URL path prefix when served behind a reverse proxy, e.g. /atelier"),

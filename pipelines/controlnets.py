@@ -1,0 +1,88 @@
+"""ControlNet models: identification (which exist, for which family) and loading.
+
+A ControlNet is the built-in `tiny-sd-controlnet`, a diffusers ControlNetModel
+folder inside the controlnets folder (its folder name is its name), or a Hub id.
+Its family comes from its config: SDXL ControlNets carry SDXL's "text_time"
+added conditioning (or a 2048-wide cross-attention); the others are SD 1.x/2.x.
+Loaded ControlNets live in the device slot's model cache next to the models,
+are locked while a request uses them and evicted like any other entry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import builtin
+from .errors import RequestError
+from .loading import LOAD_LOCK
+from .registry import snapshot_of
+from .request import check_name
+
+
+@dataclass(frozen=True)
+class ControlNetEntry:
+    name: str
+    path: Path
+    family: str  # "sd15" or "sdxl"
+
+    @property
+    def key(self) -> str:
+        return f"controlnet:{self.name}@{self.path}"
+
+    def check_family(self, family: str, model: str, field_name: str) -> None:
+        if self.family != family:
+            rule = f"'{self.name}' is a ControlNet for {self.family}; model '{model}' is {family}"
+            raise RequestError(field_name, rule)
+
+
+def family_of(folder: Path) -> str:
+    config = json.loads((folder / "config.json").read_text())
+    if (
+        config.get("addition_embed_type") == "text_time"
+        or config.get("cross_attention_dim") == 2048
+    ):
+        return "sdxl"
+    return "sd15"
+
+
+class ControlNetLibrary:
+    def __init__(
+        self, controlnets_dir: Path | None, cache_root: Path | None = None, allow_hub: bool = True
+    ) -> None:
+        self.controlnets_dir = Path(controlnets_dir) if controlnets_dir else None
+        self.cache_root = cache_root
+        self.allow_hub = allow_hub
+
+    def _folders(self) -> dict[str, Path]:
+        found = {builtin.TINY_CONTROLNET: builtin.ensure_controlnet(self.cache_root)}
+        if self.controlnets_dir and self.controlnets_dir.is_dir():
+            for child in sorted(self.controlnets_dir.iterdir()):
+                if (child / "config.json").is_file() and child.name not in found:
+                    found[child.name] = child
+        return found
+
+    def names(self) -> list[str]:
+        return list(self._folders())
+
+    def get(self, name: str, field_name: str = "controlnets") -> ControlNetEntry:
+        check_name(field_name, name, "ControlNet")
+        folders = self._folders()
+        if name in folders:
+            return ControlNetEntry(name, folders[name], family_of(folders[name]))
+        if "/" in name and self.allow_hub:
+            path = snapshot_of(name)
+            return ControlNetEntry(name, path, family_of(path))
+        valid = ", ".join(folders)
+        raise RequestError(field_name, f"unknown ControlNet '{name}'; available: {valid}")
+
+
+def load_controlnet(entry: ControlNetEntry, device: torch.device, dtype: torch.dtype):
+    from diffusers import ControlNetModel
+
+    with LOAD_LOCK:
+        model = ControlNetModel.from_pretrained(str(entry.path), dtype=dtype)
+    return model.to(device).eval()

@@ -1,0 +1,133 @@
+"""Tasks: text-to-image, image-to-image, inpainting, each with or without ControlNet.
+
+Every task pipeline is built from the cached base model's modules (the
+constructor form: no weights loaded, no copies, no dtype cast; ENGINE_NOTES on
+`from_pipe`), plus the request's ControlNet(s) from the slot's cache. Which
+diffusers class runs a task is a table per family.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from PIL import Image, ImageFilter
+
+from .errors import RequestError
+from .request import GenerationRequest
+
+# family -> task -> diffusers class
+TASKS: dict[str, dict[str, str]] = {
+    "sd15": {
+        "txt2img": "StableDiffusionPipeline",
+        "img2img": "StableDiffusionImg2ImgPipeline",
+        "inpaint": "StableDiffusionInpaintPipeline",
+        "txt2img+cn": "StableDiffusionControlNetPipeline",
+        "img2img+cn": "StableDiffusionControlNetImg2ImgPipeline",
+        "inpaint+cn": "StableDiffusionControlNetInpaintPipeline",
+    },
+    "sdxl": {
+        "txt2img": "StableDiffusionXLPipeline",
+        "img2img": "StableDiffusionXLImg2ImgPipeline",
+        "inpaint": "StableDiffusionXLInpaintPipeline",
+        "txt2img+cn": "StableDiffusionXLControlNetPipeline",
+        "img2img+cn": "StableDiffusionXLControlNetImg2ImgPipeline",
+        "inpaint+cn": "StableDiffusionXLControlNetInpaintPipeline",
+    },
+    "flux": {
+        "txt2img": "FluxPipeline",
+        "img2img": "FluxImg2ImgPipeline",
+        "inpaint": "FluxInpaintPipeline",
+    },
+}
+
+
+@dataclass
+class Inputs:
+    """The images of a request (not part of the JSON request: they are files)."""
+
+    init_image: Image.Image | None = None
+    mask_image: Image.Image | None = None  # white = repaint
+    control_images: list[Image.Image | None] = field(default_factory=list)
+
+
+def task_of(req: GenerationRequest, inputs: Inputs) -> str:
+    base = "inpaint" if inputs.mask_image is not None else (
+        "img2img" if inputs.init_image is not None else "txt2img")  # fmt: skip
+    return f"{base}+cn" if req.controlnets else base
+
+
+def check_inputs(req: GenerationRequest, inputs: Inputs, family: str, model: str) -> str:
+    """Validate the images against the request; return the task name."""
+    if inputs.mask_image is not None and inputs.init_image is None:
+        raise RequestError("init_image", "inpainting needs an init image to paint into")
+    if inputs.mask_image is not None and inputs.mask_image.size != inputs.init_image.size:
+        w, h = inputs.init_image.size
+        mw, mh = inputs.mask_image.size
+        rule = f"must be the same size as init_image ({w}x{h}), got {mw}x{mh}"
+        raise RequestError("mask_image", rule)
+    for i, _unit in enumerate(req.controlnets):
+        images = inputs.control_images
+        if i >= len(images) or images[i] is None:
+            raise RequestError(f"controlnets[{i}]", "needs a control image")
+    task = task_of(req, inputs)
+    if task not in TASKS.get(family, {}):
+        what = "ControlNet" if req.controlnets else task
+        raise RequestError("controlnets" if req.controlnets else "init_image",
+                           f"{what} is not supported for model '{model}' ({family})")  # fmt: skip
+    return task
+
+
+def build(base: Any, family: str, task: str, scheduler: Any, controlnets: list[Any]) -> Any:
+    """A pipeline object of the task's class over the base model's modules."""
+    import diffusers
+
+    cls = getattr(diffusers, TASKS[family][task])
+    params = inspect.signature(cls.__init__).parameters
+    components = {k: v for k, v in base.components.items() if k in params}
+    components["scheduler"] = scheduler
+    if controlnets:
+        components["controlnet"] = controlnets[0] if len(controlnets) == 1 else controlnets
+    for name, p in params.items():  # optional modules the base lacks (image_encoder, ...)
+        if name not in components and name != "self" and p.default is inspect.Parameter.empty:
+            components[name] = None
+    extra = {k: v for k, v in base.config.items()
+             if k in params and k not in components and not k.startswith("_")}  # fmt: skip
+    pipe = cls(**components, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def blurred_mask(mask: Image.Image, radius: int) -> Image.Image:
+    mask = mask.convert("L")
+    return mask.filter(ImageFilter.GaussianBlur(radius)) if radius else mask
+
+
+def task_arguments(
+    req: GenerationRequest, task: str, inputs: Inputs, control_maps: list[Image.Image]
+) -> dict[str, Any]:
+    """The arguments a task adds to the text-to-image call (shared with parity tests)."""
+    size = (req.width, req.height)
+    args: dict[str, Any] = {}
+    if task.startswith(("img2img", "inpaint")):
+        args["image"] = inputs.init_image.convert("RGB").resize(size, Image.LANCZOS)
+        args["strength"] = req.strength
+    if task.startswith("inpaint"):
+        args["mask_image"] = blurred_mask(inputs.mask_image, req.mask_blur).resize(size)
+    if req.controlnets:
+        key = "image" if task == "txt2img+cn" else "control_image"
+        units = req.controlnets
+        one = len(units) == 1
+        args[key] = control_maps[0] if one else control_maps
+        scales = [u.weight for u in units]
+        args["controlnet_conditioning_scale"] = scales[0] if one else scales
+        args["control_guidance_start"] = [u.guidance_start for u in units]
+        args["control_guidance_end"] = [u.guidance_end for u in units]
+    return args
+
+
+def dtype_of(pipe: Any) -> torch.dtype:
+    denoiser = getattr(pipe, "unet", None) or pipe.transformer
+    return denoiser.dtype
