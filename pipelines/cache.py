@@ -42,10 +42,12 @@ class CacheEntry:
 
 
 def module_bytes(pipeline: Any) -> int:
-    """Bytes of all parameters and buffers of a pipeline's torch modules (shared ones once)."""
+    """Bytes of all parameters and buffers of a pipeline's torch modules (shared ones once),
+    or of a single module (a ControlNet)."""
     seen: set[int] = set()
     total = 0
-    for component in getattr(pipeline, "components", {}).values():
+    parts = [pipeline] if isinstance(pipeline, torch.nn.Module) else []
+    for component in parts or getattr(pipeline, "components", {}).values():
         if not isinstance(component, torch.nn.Module):
             continue
         for t in list(component.parameters()) + list(component.buffers()):
