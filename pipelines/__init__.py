@@ -20,11 +20,11 @@ _EXPORTS = {
     "Cancelled": "errors",
     "ModelUnavailableError": "errors",
     "RequestError": "errors",
-    "CancelToken": "manager",
+    "CancelToken": "progress",
     "EngineSettings": "manager",
     "GenerationResult": "manager",
     "PipelineManager": "manager",
-    "ProgressEvent": "manager",
+    "ProgressEvent": "progress",
     "GenerationRequest": "request",
 }
 __all__ = sorted(_EXPORTS)

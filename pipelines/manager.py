@@ -46,7 +46,7 @@ from .hashes import folder_model_hash
 from .loading import LoadOptions, fresh_pipeline, load_pipeline
 from .loras import LoraEntry, LoraLibrary, check_family
 from .parameters import infotext_for
-from .preview import preview_from_latents
+from .progress import CancelToken, ProgressEvent, step_callback
 from .registry import ModelEntry, ModelRegistry
 from .request import MAX_SEED, GenerationRequest, check_name, resolve_defaults, validate
 from .schedulers import build_scheduler, get_spec
@@ -73,27 +73,6 @@ class EngineSettings:
     lora_cache_mb: int = 2048
     lora_hotswap_rank: int = 64
     load: LoadOptions = field(default_factory=LoadOptions)
-
-
-@dataclass(frozen=True)
-class ProgressEvent:
-    step: int  # steps done so far, over all calls of the request
-    total: int
-    preview: Image.Image | None = None
-
-
-class CancelToken:
-    """Set from any thread; the run stops at the end of its current step."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
 
 
 @dataclass
@@ -374,23 +353,8 @@ class PipelineManager:
         cancel: CancelToken | None,
     ) -> Callable[..., dict[str, Any]]:
         """diffusers' callback_on_step_end: cancel, progress and previews."""
-        every = self.settings.preview_every
-
-        def callback(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
-            if cancel is not None and cancel.cancelled:
-                # Raising (not pipe._interrupt) also skips the VAE decode.
-                raise Cancelled("cancelled")
-            if on_progress is not None:
-                per_call = pipe.num_timesteps
-                done = call * per_call + i + 1
-                preview = None
-                if every and (i + 1) % every == 0 and i + 1 < per_call:
-                    scale = getattr(pipe, "vae_scale_factor", None) or pipe.vae_scale_factor_spatial
-                    preview = preview_from_latents(kwargs["latents"], family, height, width, scale)
-                on_progress(ProgressEvent(done, per_call * calls, preview))
-            return {}
-
-        return callback
+        return step_callback(family, call, calls, height, width, on_progress, cancel,
+                             self.settings.preview_every)  # fmt: skip
 
     # -- queries -------------------------------------------------------------
     def wait_idle(self, timeout: float | None = None) -> bool:
