@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import struct
 import sys
 import tempfile
@@ -164,16 +165,22 @@ def main() -> int:
             pipe.unet(latent, t, encoder_hidden_states=cond)
 
     step()
+    # Interleaved (none, unfused, fused) per round, so machine-speed drift hits all alike.
     adapters = AdapterSet(pipe, "switch")
-    none_t = median_time(step, 3)
-    adapters.activate([(entries[0], 1.0)])
-    lora_t = median_time(step, 3)
-    adapters.deactivate()
     fused = AdapterSet(pipe, "fused")
-    fused.resident = adapters.resident  # same loaded adapter, fused this time
-    fused.activate([(entries[0], 1.0)])
-    fused_t = median_time(step, 3)
-    fused.clean()
+    adapters.activate([(entries[0], 1.0)])
+    fused.resident = adapters.resident  # the same loaded adapter, fused when asked
+    times: dict[str, list[float]] = {"none": [], "lora": [], "fused": []}
+    for _ in range(3):
+        adapters.deactivate()
+        times["none"].append(median_time(step, 1))
+        adapters.activate([(entries[0], 1.0)])
+        times["lora"].append(median_time(step, 1))
+        adapters.deactivate()
+        fused.activate([(entries[0], 1.0)])
+        times["fused"].append(median_time(step, 1))
+        fused.clean()
+    none_t, lora_t, fused_t = (statistics.median(times[k]) for k in ("none", "lora", "fused"))
     rows.append((f"UNet step, LoRA unfused vs none ({args.latent}x{args.latent} latent)",
                  f"{lora_t * 1000:.0f} ms", f"{none_t * 1000:.0f} ms",
                  f"{lora_t / none_t:.3f}"))  # fmt: skip
