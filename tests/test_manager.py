@@ -193,3 +193,14 @@ def test_engine_never_imports_gradio():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_request_prefers_the_free_slot_that_holds_its_model(cache_root):
+    m = new_manager(cache_root, devices=("cpu", "cpu"))
+    first = m.generate(req(model="tiny-sd"))
+    other = m.generate(req(model="tiny-sdxl"))  # goes to the empty slot
+    assert other.slot != first.slot
+    for model, slot in [("tiny-sd", first.slot), ("tiny-sdxl", other.slot)] * 2:
+        assert m.generate(req(model=model)).slot == slot
+    assert [s.loads for s in m.slots] == [1, 1]
+    assert m.wait_idle(timeout=5)
