@@ -19,6 +19,7 @@ from ui.form import widget_specs, widgets_from_request
 from ui.generate_tab import GenerateTab, build_generate_tab
 from ui.lora_panel import fill
 from ui.pnginfo_tab import PngInfoTab, build_pnginfo_tab
+from ui.video_tab import render_video
 
 TITLE = "Atelier"
 # Ctrl+Enter (Cmd+Enter on a Mac) in either prompt clicks Generate, as in A1111.
@@ -103,6 +104,7 @@ def build_studio(
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 gen.blocks.render()
+            render_video(ctx)  # the Video tab and the /video API
             with gr.Tab("PNG Info", id="pnginfo"):
                 info.blocks.render()
         api.render()

@@ -1,0 +1,249 @@
+"""The Video tab: Wan text/image-to-video with a player, downloads, progress and Stop.
+
+Layout and thin handlers only: widget values go through `ui.video_form` into a
+VideoRequest, the engine runs in `ui.video_runner.stream_video`, and the result
+comes back as files (the chosen format, its JSON parameters, an MP4 for the
+player). The `/video` API (ui/video_api.py) is added with the tab, so the
+studio adds the feature with one call: `render_video(ctx)` inside its gr.Tabs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+from PIL import Image
+from PIL.Image import Resampling
+
+from ui.context import StudioContext
+from ui.form import error_markdown
+from ui.runner import gpu
+from ui.video_api import add_video_api
+from ui.video_form import (
+    DEFAULT_FORMAT,
+    for_family,
+    image_inputs,
+    timing_text,
+    video_models,
+    video_request_from_widgets,
+    video_specs,
+)
+from ui.video_runner import is_result, publish_video, stream_video
+
+PREVIEW_SIZE = 256  # pixels, the longer side
+SOURCES: list[Any] = ["upload", "clipboard"]
+LORA_HINT = '{"my-wan-lora": 0.8}  (optional: LoRA name to weight, as JSON)'
+
+
+@dataclass
+class VideoTab:
+    column: gr.Column  # the whole tab's layout
+    widgets: dict[str, Any]  # form name (ui.video_form.VIDEO_FIELDS) -> component
+    player: gr.Video
+    event: Any  # the generation event (Stop cancels it)
+
+
+def enlarged(image: Image.Image, target: int = PREVIEW_SIZE) -> Image.Image:
+    """A latent-sized preview (1/8 or 1/16 of the frame) scaled up by a whole factor, with
+    nearest-neighbour, so its blocks stay honest instead of a blurred stamp."""
+    factor = max(1, target // max(image.size))
+    return image.resize((image.width * factor, image.height * factor), Resampling.NEAREST)
+
+
+def family_updates(family: Any) -> list[Any]:
+    """Scheduler, frames, width, height, steps, cfg, cfg2, start and end image for a family."""
+    from pipelines.schedulers import available_schedulers
+
+    specs, shown = video_specs(family), image_inputs(family)
+    sliders = [gr.Slider(**specs[k]) for k in ("frames", "width", "height", "steps", "cfg")]
+    return [gr.Dropdown(choices=available_schedulers(family), value=family.default_scheduler),
+            *sliders, gr.Slider(**specs["cfg2"], visible=shown["cfg2_visible"]),
+            gr.Image(visible=shown["start_visible"], label=shown["start_label"]),
+            gr.Image(visible=shown["end_visible"])]  # fmt: skip
+
+
+def build_video_tab(ctx: StudioContext) -> VideoTab:
+    """The tab's layout and events, built into the Blocks context that is open (the
+    studio's gr.Tab): a separate gr.Blocks made inside the studio's gr.Tabs would be
+    attached to the Tabs itself."""
+    from pipelines.export import FORMATS
+    from pipelines.schedulers import available_schedulers
+
+    models = video_models(ctx.manager)
+    if not models:
+        raise RuntimeError("no video models: the built-in tiny-wan should always be listed")
+    model_name = next(iter(models))
+    family = models[model_name]
+    specs, shown = video_specs(family), image_inputs(family)
+    with gr.Column() as column:
+        with gr.Row():
+            with gr.Column(scale=5):
+                prompt = gr.Textbox(label="Prompt", lines=3, elem_id="atelier-video-prompt",
+                                    placeholder="what happens in the video")  # fmt: skip
+                negative = gr.Textbox(label="Negative prompt", lines=2,
+                                      elem_id="atelier-video-negative")  # fmt: skip
+                with gr.Row():
+                    model = gr.Dropdown(list(models), value=model_name, label="Model",
+                                        elem_id="atelier-video-model")  # fmt: skip
+                    scheduler = gr.Dropdown(available_schedulers(family), label="Sampler",
+                                            value=family.default_scheduler,
+                                            elem_id="atelier-video-scheduler")  # fmt: skip
+                with gr.Row():
+                    image = gr.Image(type="pil", label=shown["start_label"], height=200,
+                                     visible=shown["start_visible"], sources=SOURCES,
+                                     elem_id="atelier-video-image")  # fmt: skip
+                    end_image = gr.Image(type="pil", label="End image (optional)", height=200,
+                                         visible=shown["end_visible"], sources=SOURCES,
+                                         elem_id="atelier-video-end-image")  # fmt: skip
+                with gr.Row():
+                    frames = gr.Slider(**specs["frames"], label="Frames (4k+1)",
+                                       elem_id="atelier-video-frames")  # fmt: skip
+                    fps = gr.Slider(**specs["fps"], label="FPS", elem_id="atelier-video-fps")
+                with gr.Row():
+                    width = gr.Slider(
+                        **specs["width"], label="Width", elem_id="atelier-video-width"
+                    )
+                    height = gr.Slider(**specs["height"], label="Height",
+                                       elem_id="atelier-video-height")  # fmt: skip
+                with gr.Row():
+                    steps = gr.Slider(
+                        **specs["steps"], label="Steps", elem_id="atelier-video-steps"
+                    )
+                    cfg = gr.Slider(**specs["cfg"], label="CFG scale", elem_id="atelier-video-cfg")
+                    cfg2 = gr.Slider(**specs["cfg2"], label="CFG scale 2 (low-noise expert)",
+                                     visible=shown["cfg2_visible"],
+                                     elem_id="atelier-video-cfg2")  # fmt: skip
+                with gr.Row(equal_height=True):
+                    # The browser sends 0 for an empty number box: 0 (never a valid
+                    # shift) means the model's own, see video_form.for_family.
+                    flow_shift = gr.Number(0, label="Flow shift (0 = the model's)",
+                                           elem_id="atelier-video-flow-shift")  # fmt: skip
+                    seed = gr.Number(-1, precision=0, label="Seed (-1 = random)",
+                                     elem_id="atelier-video-seed")  # fmt: skip
+                    random_seed = gr.Button("Random", scale=0, min_width=70,
+                                            elem_id="atelier-video-random")  # fmt: skip
+                    reuse_seed = gr.Button("Reuse last", scale=0, min_width=90,
+                                           elem_id="atelier-video-reuse")  # fmt: skip
+                loras = gr.Textbox(label="LoRAs", placeholder=LORA_HINT,
+                                   elem_id="atelier-video-loras")  # fmt: skip
+                fmt = gr.Radio(list(FORMATS), value=DEFAULT_FORMAT, label="File format",
+                               elem_id="atelier-video-format")  # fmt: skip
+            with gr.Column(scale=6):
+                with gr.Row():
+                    run = gr.Button("Generate", variant="primary", elem_id="atelier-video-generate")
+                    stop = gr.Button("Stop", variant="stop", elem_id="atelier-video-stop")
+                error = gr.Markdown(visible=False, elem_id="atelier-video-error")
+                status = gr.Markdown("", elem_id="atelier-video-status")
+                preview = gr.Image(label="Preview (middle frame)", visible=False,
+                                   interactive=False, format="jpeg", height=256)  # fmt: skip
+                player = gr.Video(label="Video", format="mp4", interactive=False, loop=True,
+                                  autoplay=True, elem_id="atelier-video-player")  # fmt: skip
+                with gr.Row():
+                    download = gr.DownloadButton("Download video", visible=False,
+                                                 elem_id="atelier-video-download")  # fmt: skip
+                    download_json = gr.DownloadButton(
+                        "Download parameters (JSON)", visible=False,
+                        elem_id="atelier-video-download-json",
+                    )  # fmt: skip
+                with gr.Row():
+                    seed_used = gr.Markdown(elem_id="atelier-video-seed-used")
+                    time_taken = gr.Markdown(elem_id="atelier-video-time")
+        last_seed = gr.State(-1)
+
+        widgets = {"prompt": prompt, "negative_prompt": negative, "model": model,
+                   "scheduler": scheduler, "frames": frames, "fps": fps, "width": width,
+                   "height": height, "steps": steps, "cfg": cfg, "cfg2": cfg2,
+                   "flow_shift": flow_shift, "seed": seed, "loras": loras}  # fmt: skip
+        by_component = {c: name for name, c in widgets.items()}
+
+        def generate(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> Iterator[dict]:  # noqa: B008
+            from pipelines import CancelToken
+            from pipelines.errors import AtelierError, RequestError
+
+            cancel = CancelToken()
+            try:
+                values = {name: data[c] for c, name in by_component.items()}
+                if not values["model"]:
+                    raise RequestError("model", "pick a video model")
+                fam = ctx.manager.registry.family_of(values["model"])
+                values, start, end = for_family(values, data[image], data[end_image], fam)
+                request = video_request_from_widgets(values)
+                yield {error: gr.Markdown(visible=False), status: "Waiting for a device…"}
+                for item in stream_video(ctx.manager, request, start, end, cancel):
+                    if is_result(item):
+                        yield _finished(item, data[fmt])
+                        return
+                    progress((item.step, item.total), unit="steps")
+                    update: dict[Any, Any] = {status: f"Step {item.step}/{item.total}"}
+                    if item.preview is not None:
+                        update[preview] = gr.Image(enlarged(item.preview), visible=True)
+                    yield update
+            except RequestError as e:
+                yield {error: gr.Markdown(error_markdown(e), visible=True), status: ""}
+            except AtelierError as e:  # model not available, cancelled before start, ...
+                yield {error: gr.Markdown(f"**error**: {e}", visible=True), status: ""}
+            finally:
+                cancel.cancel()  # a no-op after a finished run; stops a closed (Stopped) one
+
+        def _finished(result: Any, chosen: str) -> dict[Any, Any]:
+            files = publish_video(ctx.store, result, chosen or DEFAULT_FORMAT)
+            label = f"Download {files.file.suffix[1:].upper()}"
+            req = result.request
+            return {
+                player: str(files.player),
+                download: gr.DownloadButton(label, value=str(files.file), visible=True),
+                download_json: gr.DownloadButton(value=str(files.parameters), visible=True),
+                seed_used: f"Seed: {result.seed}",
+                last_seed: result.seed,
+                time_taken: timing_text(result.timings),
+                preview: gr.Image(None, visible=False),
+                status: f"Done: {req.num_frames} frames, {req.width}x{req.height} at "
+                f"{req.fps} fps on {result.slot}",
+            }
+
+        outputs = [error, status, preview, player, download, download_json, seed_used,
+                   last_seed, time_taken]  # fmt: skip
+        event = run.click(
+            gpu(generate),
+            inputs={*widgets.values(), image, end_image, fmt},
+            outputs=outputs,
+            api_name="studio_video",
+            api_visibility="undocumented",
+            show_progress_on=[player],  # keep the preview frame uncovered while it runs
+            **ctx.gpu_event(),
+        )
+        stop.click(None, cancels=[event], api_name="stop_video", api_visibility="undocumented")
+        random_seed.click(lambda: -1, None, seed, api_name="video_random_seed",
+                          api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
+        reuse_seed.click(lambda s: s, last_seed, seed, api_name="video_reuse_seed",
+                         api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
+
+        def on_model(name: str) -> list[Any]:
+            return family_updates(ctx.manager.registry.family_of(name))
+
+        model.input(on_model, model,
+                    [scheduler, frames, width, height, steps, cfg, cfg2, image, end_image],
+                    api_name="video_model_defaults", api_visibility="undocumented",
+                    concurrency_limit=None)  # fmt: skip
+    return VideoTab(column, widgets, player, event)
+
+
+def render_video(ctx: StudioContext) -> VideoTab:
+    """The Video tab and the `/video` API, rendered into the studio's open gr.Tabs."""
+    with gr.Tab("Video", id="video"):
+        tab = build_video_tab(ctx)
+        add_video_api(ctx)  # hidden components only
+    return tab
+
+
+if __name__ == "__main__":  # python -m ui.video_tab: this tab and /video alone
+    from ui.studio import standalone
+
+    def _alone(ctx: StudioContext) -> gr.Blocks:
+        with gr.Blocks() as demo, gr.Tabs():
+            render_video(ctx)
+        return demo
+
+    standalone(_alone)
