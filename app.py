@@ -58,12 +58,32 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-count", type=int, default=1, help="number of calls")
     gen.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
                      help="apply a LoRA (repeatable)")  # fmt: skip
+    add_image_arguments(gen)
     gen.add_argument("--out", type=Path, help="folder for the PNGs (default: outputs dir)")
     gen.add_argument("--task-id", help="name the files <task-id>-<n>.png and echo it in --json")
     gen.add_argument("--jobs", type=Path, help="JSON-lines file of requests, one per line")
     gen.add_argument("--json", action="store_true", help="print a JSON object per request")
     add_video_parser(sub)
     return parser
+
+
+def add_image_arguments(gen: argparse.ArgumentParser) -> None:
+    """Image-to-image, inpainting and one ControlNet unit (more units: --jobs)."""
+    img = gen.add_argument_group("image to image / inpainting")
+    img.add_argument("--init-image", type=Path, metavar="PATH", help="start from this image")
+    img.add_argument("--strength", type=float, help="denoising strength, 0 < F <= 1 (0.75)")
+    img.add_argument("--mask", type=Path, metavar="PATH",
+                     help="inpaint: white = repaint; same size as --init-image")  # fmt: skip
+    img.add_argument("--mask-blur", type=int, help="blur of the mask in pixels (4)")
+    cn = gen.add_argument_group("ControlNet (one unit)")
+    cn.add_argument("--control-image", type=Path, metavar="PATH", help="enables the unit")
+    cn.add_argument("--control-type", default="none", metavar="NAME",
+                    help="preprocessor: none (image = map), canny, shuffle, ...")  # fmt: skip
+    cn.add_argument("--control-scale", type=float, default=1.0, help="conditioning scale")
+    cn.add_argument("--control-start", type=float, default=0.0, help="guidance start, 0..1")
+    cn.add_argument("--control-end", type=float, default=1.0, help="guidance end, 0..1")
+    cn.add_argument("--controlnet", metavar="NAME",
+                    help="ControlNet (default: the first one for the model's family)")  # fmt: skip
 
 
 def add_video_parser(sub: Any) -> None:
@@ -171,7 +191,85 @@ def _lora_pairs(items: list[str]) -> dict[str, float]:
     return pairs
 
 
+def _open_image(field_name: str, path: Path | str | None, base: Path | None = None) -> Any:
+    """The image at `path` (relative to `base` when given), or None; a missing or
+    unreadable file is a RequestError naming the field."""
+    from PIL import Image, UnidentifiedImageError
+
+    from pipelines.errors import RequestError
+
+    if path is None:
+        return None
+    full = Path(path).expanduser()
+    if base is not None and not full.is_absolute():
+        full = base / full
+    if not full.is_file():
+        raise RequestError(field_name, f"no such file: {full}")
+    try:
+        image = Image.open(full)
+        image.load()
+    except (OSError, UnidentifiedImageError) as e:
+        raise RequestError(field_name, f"cannot read {full} as an image: {e}") from None
+    return image
+
+
+def default_controlnet(manager: Any, model: str | None) -> str:
+    """The first ControlNet of the model's family (the one --controlnet overrides)."""
+    from pipelines.errors import RequestError
+
+    family = manager.registry.resolve(model or manager.settings.default_model).family.name
+    lib = manager.controlnets
+    names = [n for n in lib.names() if lib.get(n).family == family]
+    if not names:
+        where = lib.controlnets_dir or "the controlnets folder (--controlnets-dir)"
+        raise RequestError("controlnet", f"no ControlNet for {family} models: put one into {where}")
+    return names[0]
+
+
+def _inputs_from_args(args: argparse.Namespace, manager: Any, model: str | None) -> Any:
+    """(units, Inputs) from --init-image/--mask/--control-*; files checked before any work."""
+    from pipelines.tasks import Inputs
+
+    inputs = Inputs(_open_image("init_image", args.init_image),
+                    _open_image("mask_image", args.mask))  # fmt: skip
+    units = []
+    if args.control_image is not None:
+        inputs.control_images.append(_open_image("control_image", args.control_image))
+        units.append({"model": args.controlnet or default_controlnet(manager, model),
+                      "module": args.control_type, "weight": args.control_scale,
+                      "guidance_start": args.control_start,
+                      "guidance_end": args.control_end})  # fmt: skip
+    return units, inputs
+
+
+def inputs_from_job(data: dict[str, Any], manager: Any, base: Path) -> Any:
+    """Take a job's image paths (init_image, mask_image, controlnets[k].image) out of
+    `data` and open them, relative to the jobs file's folder; returns Inputs."""
+    from pipelines.errors import RequestError
+    from pipelines.tasks import Inputs
+    from ui.form import typed_unit
+
+    inputs = Inputs(_open_image("init_image", data.pop("init_image", None), base),
+                    _open_image("mask_image", data.pop("mask_image", None), base))  # fmt: skip
+    units = data.get("controlnets") or []
+    if not isinstance(units, list):
+        raise RequestError("controlnets", "must be a list of units, each with an 'image' path")
+    data["controlnets"] = []
+    for i, unit in enumerate(units):
+        if not isinstance(unit, dict):
+            raise RequestError(f"controlnets[{i}]", "must be an object with an 'image' path")
+        unit = dict(unit)
+        if "image" not in unit:
+            raise RequestError(f"controlnets[{i}].image", "is required (a path)")
+        inputs.control_images.append(_open_image(f"controlnets[{i}].image", unit.pop("image"),
+                                                 base))  # fmt: skip
+        unit.setdefault("model", default_controlnet(manager, data.get("model")))
+        data["controlnets"].append(typed_unit(unit))
+    return inputs
+
+
 def _request_from_args(args: argparse.Namespace, manager: Any) -> Any:
+    """(request, Inputs) from the generate subcommand's flags."""
     from pipelines.errors import RequestError
     from pipelines.request import GenerationRequest
 
@@ -180,7 +278,10 @@ def _request_from_args(args: argparse.Namespace, manager: Any) -> Any:
     model = args.model
     if model and Path(model).expanduser().is_dir():
         model = manager.registry.add(model)  # a local folder, trusted on the command line
-    return GenerationRequest(
+    units, inputs = _inputs_from_args(args, manager, model)
+    image_options = {k: v for k, v in (("strength", args.strength),
+                                       ("mask_blur", args.mask_blur)) if v is not None}  # fmt: skip
+    request = GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,
         model=model,
@@ -193,14 +294,19 @@ def _request_from_args(args: argparse.Namespace, manager: Any) -> Any:
         batch_size=args.batch_size,
         batch_count=args.batch_count,
         loras=_lora_pairs(args.lora),
+        controlnets=units,
+        **image_options,
     )
+    return request, inputs
 
 
-def _run_one(manager: Any, request: Any, out: Path | None, task_id: str | None) -> dict:
+def _run_one(
+    manager: Any, request: Any, out: Path | None, task_id: str | None, inputs: Any = None
+) -> dict:
     from pipelines.outputs import check_task_id, save_result
 
     check_task_id(task_id)  # before the work, not after it
-    result = manager.generate(request)
+    result = manager.generate(request, inputs=inputs)
     paths = save_result(result, out, task_id) if out else []
     return {
         "task_id": task_id,
@@ -226,7 +332,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
     if args.jobs:
         return run_jobs(manager, args.jobs, out)
     try:
-        report = _run_one(manager, _request_from_args(args, manager), out, args.task_id)
+        request, inputs = _request_from_args(args, manager)
+        report = _run_one(manager, request, out, args.task_id, inputs)
     except RequestError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -265,10 +372,12 @@ def run_jobs(manager: Any, jobs_file: Path, out: Path | None) -> int:
         task_id = None
         try:
             data = json.loads(line)
+            inputs = None
             if isinstance(data, dict):
                 task_id = data.pop("task_id", None)
+                inputs = inputs_from_job(data, manager, jobs_file.parent)
             report = {"job": n, "ok": True, **_run_one(
-                manager, GenerationRequest.from_dict(data), out, task_id)}  # fmt: skip
+                manager, GenerationRequest.from_dict(data), out, task_id, inputs)}  # fmt: skip
         except (json.JSONDecodeError, RequestError) as e:
             field = getattr(e, "field", "job")
             report = {"job": n, "ok": False, "task_id": task_id, "field": field, "error": str(e)}

@@ -10,8 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import numpy as np
+from PIL import Image
 
 from pipelines.errors import RequestError
 from pipelines.families import Family
@@ -21,6 +26,7 @@ from pipelines.request import (
     MAX_BATCH_SIZE,
     MAX_CFG,
     MAX_STEPS,
+    ControlUnit,
     GenerationRequest,
 )
 
@@ -38,7 +44,16 @@ FIELDS = {
     "batch_size": "batch_size",
     "batch_count": "batch_count",
     "loras": "loras",
+    "strength": "strength",
+    "mask_blur": "mask_blur",
+    "controlnets": "controlnets",
 }
+# The Image to image / Inpaint area's modes (a radio: an image lying in the editor
+# must not silently turn text-to-image into image-to-image).
+IMAGE_MODES = ("off", "img2img", "inpaint")
+# A ControlNet unit's widgets, by the names of ControlUnit's fields where they have one.
+UNIT_FIELDS = ("enabled", "image", "module", "model", "weight", "guidance_start",
+               "guidance_end", "low_threshold", "high_threshold")  # fmt: skip
 CFG_STEP = 0.5
 LORA_WEIGHT_STEP = 0.05
 
@@ -105,7 +120,172 @@ def request_from_widgets(values: Mapping[str, Any]) -> GenerationRequest:
         value = values.get(name)
         kwargs[name] = 1 if _blank(value) else _whole(name, value)
     kwargs["loras"] = parse_loras(values.get("loras"))
+    if not _blank(values.get("strength")):
+        kwargs["strength"] = values["strength"]
+    if not _blank(values.get("mask_blur")):
+        kwargs["mask_blur"] = _whole("mask_blur", values["mask_blur"])
+    kwargs["controlnets"] = parse_controlnets(values.get("controlnets"))
     return GenerationRequest(**kwargs)
+
+
+def parse_controlnets(value: Any) -> tuple[ControlUnit, ...]:
+    """ControlNet units as the API accepts them: a list of unit dicts (ControlUnit's
+    fields: model, module, weight, guidance_start, guidance_end, low_threshold,
+    high_threshold), its JSON text, or empty."""
+    if _blank(value):
+        return ()
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise RequestError(
+                "controlnets",
+                'must be a JSON list of units, e.g. [{"model": "tiny-sd-controlnet", '
+                f'"module": "canny"}}], got {value!r}',
+            ) from None
+    if isinstance(value, Mapping):
+        value = [value]  # one unit on its own
+    if not isinstance(value, Sequence) or isinstance(value, str):
+        raise RequestError("controlnets", f"must be a list of ControlNet units, got {value!r}")
+    return tuple(ControlUnit.from_value(typed_unit(u), i) for i, u in enumerate(value))
+
+
+def typed_unit(unit: Any) -> Any:
+    """A unit dict's numbers in the types the engine passes on: thresholds whole
+    (a slider's 100.0 -> 100), weight and guidance float (JSON's 1 -> 1.0: diffusers
+    refuses an int conditioning scale). Other values reach the engine's validation."""
+    if not isinstance(unit, Mapping):
+        return unit
+    out = dict(unit)
+    for key, value in unit.items():
+        if key.endswith("threshold"):
+            out[key] = _whole(key, value)
+        elif key in ("weight", "guidance_start", "guidance_end") and type(value) is int:
+            out[key] = float(value)
+    return out
+
+
+@dataclass
+class FormImages:
+    """The images of a request (files, not JSON), as the engine's `Inputs` takes them."""
+
+    init_image: Image.Image | None = None
+    mask_image: Image.Image | None = None
+    control_images: list[Image.Image | None] = field(default_factory=list)
+
+    def inputs(self) -> Any:
+        from pipelines.tasks import Inputs  # torch: imported when a request runs
+
+        return Inputs(self.init_image, self.mask_image, list(self.control_images))
+
+
+@dataclass
+class StudioForm:
+    request: GenerationRequest
+    images: FormImages
+    unit_numbers: list[int]  # request unit k is the UI's unit unit_numbers[k] (1-based)
+
+
+def open_image(value: Any) -> Image.Image | None:
+    """A PIL image from what a widget or client sends: PIL, numpy, a path, or None."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, Image.Image):
+        return value
+    if isinstance(value, np.ndarray):
+        return Image.fromarray(value)
+    if isinstance(value, Mapping) and "path" in value:  # gradio FileData as a dict
+        value = value["path"]
+    image = Image.open(str(value))
+    image.load()
+    return image
+
+
+def painted_mask(layers: Sequence[Any], size: tuple[int, int]) -> Image.Image | None:
+    """White where any editor layer has paint (alpha > 0), black elsewhere, at `size`
+    (the init image's): None when nothing is painted."""
+    painted = None
+    for layer in layers:
+        image = open_image(layer)
+        if image is None:
+            continue
+        alpha = np.asarray(image.convert("RGBA").getchannel("A")) > 0
+        if image.size != size:  # the canvas is shown scaled; the mask is for the image
+            alpha = np.asarray(Image.fromarray(alpha).resize(size, Image.NEAREST))
+        painted = alpha if painted is None else painted | alpha
+    if painted is None or not painted.any():
+        return None
+    return Image.fromarray(painted.astype(np.uint8) * 255, "L")
+
+
+def images_from_area(
+    mode: str, editor: Any, mask_upload: Any
+) -> tuple[Image.Image | None, Image.Image | None]:
+    """(init image, mask) from the Image to image / Inpaint area.
+
+    `editor` is gr.ImageEditor's value ({"background", "layers", "composite"}) or a
+    plain image. An uploaded mask wins over paint; it is passed on as it is, so a
+    mask of the wrong size is the engine's error, naming mask_image."""
+    if _blank(mode) or mode == "off":
+        return None, None
+    if mode not in IMAGE_MODES:
+        raise RequestError("image_mode", f"must be one of {', '.join(IMAGE_MODES)}, got {mode!r}")
+    layers: Sequence[Any] = []
+    if isinstance(editor, Mapping):
+        layers = editor.get("layers") or []
+        editor = editor.get("background")
+    init = open_image(editor)
+    if init is None:
+        raise RequestError("init_image", f"{mode} needs an image: upload one or send a result")
+    init = init.convert("RGB")
+    if mode == "img2img":
+        return init, None
+    mask = open_image(mask_upload) or painted_mask(layers, init.size)
+    if mask is None:
+        raise RequestError("mask_image", "paint the area to repaint on the image, "
+                           "or upload a mask (white = repaint)")  # fmt: skip
+    return init, mask
+
+
+def units_from_panel(
+    units: Sequence[Mapping[str, Any]],
+) -> tuple[list[dict[str, Any]], list[Image.Image | None], list[int]]:
+    """The enabled ControlNet units as request dicts, their images, and their UI numbers."""
+    out, images, numbers = [], [], []
+    for n, unit in enumerate(units, start=1):
+        if not unit.get("enabled"):
+            continue
+        model = unit.get("model")
+        if _blank(model):
+            raise RequestError(f"controlnets[{len(out)}].model",
+                               f"ControlNet unit {n} is enabled: choose its model")  # fmt: skip
+        fields_ = {k: unit[k] for k in UNIT_FIELDS[4:] if not _blank(unit.get(k))}
+        out.append({"model": model, "module": unit.get("module") or "none", **fields_})
+        images.append(open_image(unit.get("image")))
+        numbers.append(n)
+    return out, images, numbers
+
+
+def studio_form(values: Mapping[str, Any]) -> StudioForm:
+    """Everything the Generate tab sends: FIELDS' names (without "controlnets"), plus
+    "image_mode", "init_editor", "mask_upload" and "units" (dicts keyed by UNIT_FIELDS)."""
+    area = ("image_mode", "init_editor", "mask_upload", "units")
+    plain = {k: v for k, v in values.items() if k not in area}
+    if "controlnets" in plain:
+        raise RequestError("controlnets", "the studio form sends units, not controlnets")
+    init, mask = images_from_area(values.get("image_mode", "off"), values.get("init_editor"),
+                                  values.get("mask_upload"))  # fmt: skip
+    units, control_images, numbers = units_from_panel(values.get("units") or [])
+    request = request_from_widgets({**plain, "controlnets": units})
+    return StudioForm(request, FormImages(init, mask, control_images), numbers)
+
+
+def api_images(init_image: Any, mask_image: Any, control_images: Any) -> FormImages:
+    """The API's image arguments (paths, file dicts or images; control_images a list)."""
+    if isinstance(control_images, (str, Mapping)) or control_images is None:
+        control_images = [] if _blank(control_images) else [control_images]
+    return FormImages(open_image(init_image), open_image(mask_image),
+                      [open_image(c) for c in control_images])  # fmt: skip
 
 
 def widgets_from_request(req: GenerationRequest) -> dict[str, Any]:
@@ -123,6 +303,9 @@ def widgets_from_request(req: GenerationRequest) -> dict[str, Any]:
         "batch_size": req.batch_size,
         "batch_count": req.batch_count,
         "loras": dict(req.loras),
+        "strength": req.strength,
+        "mask_blur": req.mask_blur,
+        "controlnets": [asdict(u) for u in req.controlnets],  # each one an enabled UI unit
     }
 
 
@@ -147,6 +330,11 @@ def lora_weight_spec(preferred: float | None = None) -> dict[str, Any]:
     return {"minimum": lo, "maximum": hi, "step": LORA_WEIGHT_STEP, "value": value}
 
 
-def error_markdown(error: RequestError) -> str:
-    """A RequestError as the box next to the controls shows it: field first, then the rule."""
-    return f"**{error.field}**: {error.rule}"
+def error_markdown(error: RequestError, unit_numbers: Sequence[int] = ()) -> str:
+    """A RequestError as the box next to the controls shows it: field first, then the rule.
+    `controlnets[k]` is named by the UI unit it came from (units may be skipped)."""
+    name = error.field
+    found = re.match(r"controlnets\[(\d+)\](.*)", name)
+    if found and int(found.group(1)) < len(unit_numbers):
+        name = f"ControlNet unit {unit_numbers[int(found.group(1))]}{found.group(2)}"
+    return f"**{name}**: {error.rule}"

@@ -16,7 +16,9 @@ import gradio as gr
 
 from ui.catalog import family_of, image_models
 from ui.context import HISTORY_LIMIT, StudioContext
-from ui.form import error_markdown, loras_from_slots, request_from_widgets, widget_specs
+from ui.control_panel import ControlPanel, build_control_panel, controlnet_choices
+from ui.form import error_markdown, loras_from_slots, studio_form, widget_specs
+from ui.img2img_panel import Img2ImgPanel, build_img2img_panel
 from ui.lora_panel import LoraPanel, build_lora_panel, refresh_search
 from ui.runner import gpu, stream_generation
 
@@ -28,10 +30,22 @@ class GenerateTab:
     blocks: gr.Blocks
     widgets: dict[str, Any]  # form name (ui.form.FIELDS) -> component; loras excluded
     loras: LoraPanel
+    img2img: Img2ImgPanel
+    control: ControlPanel
     gallery: gr.Gallery
     selected: gr.State  # path of the selected result image
     send_to_pnginfo: gr.Button
     event: Any  # the generation event (Stop cancels it)
+
+    def restore_outputs(self) -> list[Any]:
+        """Components "Send to Generate" sets besides `widgets` and the LoRA rows."""
+        return [*self.img2img.restore_outputs(), *self.control.restore_outputs()]
+
+    def restore(self, manager: Any, values: dict[str, Any], family: str) -> list[Any]:
+        """Updates for `restore_outputs` from ui.form.widgets_from_request's values."""
+        choices = controlnet_choices(manager, family)
+        return [*self.img2img.restore(values), *self.control.restore(values["controlnets"],
+                                                                     choices)]  # fmt: skip
 
 
 def family_updates(family: Any, schedulers: list[str]) -> list[Any]:
@@ -87,8 +101,13 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                                             elem_id="atelier-batch-count")  # fmt: skip
                 with gr.Accordion("LoRA", open=True):
                     loras = build_lora_panel(ctx.manager, family.name, prompt)
-                # Room for the next issue's ControlNet / image-to-image / inpainting inputs.
-                gr.Column(elem_id="atelier-conditioning", visible=False)
+                selected = gr.State(None)
+                with gr.Accordion("Image to image / Inpaint", open=False,
+                                  elem_id="atelier-img2img"):  # fmt: skip
+                    img2img = build_img2img_panel(selected)
+                with gr.Accordion("ControlNet", open=False, elem_id="atelier-controlnet"):
+                    control = build_control_panel(ctx.manager, family.name,
+                                                  [model, width, height, seed])  # fmt: skip
             with gr.Column(scale=6):
                 with gr.Row():
                     run = gr.Button("Generate", variant="primary", elem_id="atelier-generate")
@@ -113,13 +132,13 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
         last_seed = gr.State(-1)
         shown = gr.State([])  # [(path, infotext), ...] of the gallery
         history_items = gr.State([])  # [(path, caption), ...] newest first
-        selected = gr.State(None)
 
         widgets = {"prompt": prompt, "negative_prompt": negative, "model": model,
                    "scheduler": scheduler, "steps": steps, "cfg": cfg, "width": width,
                    "height": height, "seed": seed, "batch_size": batch_size,
                    "batch_count": batch_count}  # fmt: skip
         by_component = {c: name for name, c in widgets.items()}
+        by_component.update({c: name for name, c in img2img.by_field().items()})
         lora_inputs = set(loras.names) | set(loras.weights)
 
         def generate(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> Iterator[dict]:  # noqa: B008
@@ -129,11 +148,15 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
             values = {name: data[c] for c, name in by_component.items()}
             values["loras"] = loras_from_slots([data[c] for c in loras.names],
                                                [data[c] for c in loras.weights])  # fmt: skip
+            values["units"] = control.values(data)
             cancel = CancelToken()
+            numbers: list[int] = []
             try:
-                request = request_from_widgets(values)
+                form = studio_form(values)
+                numbers = form.unit_numbers
                 yield {error: gr.Markdown(visible=False), status: "Waiting for a device…"}
-                for item in stream_generation(ctx.manager, request, cancel):
+                for item in stream_generation(ctx.manager, form.request, cancel,
+                                              inputs=form.images.inputs()):  # fmt: skip
                     if hasattr(item, "images"):
                         yield _finished(item, data[history_items])
                         return
@@ -143,7 +166,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                         update[preview] = gr.Image(item.preview, visible=True)
                     yield update
             except RequestError as e:
-                yield {error: gr.Markdown(error_markdown(e), visible=True), status: ""}
+                yield {error: gr.Markdown(error_markdown(e, numbers), visible=True), status: ""}
             except AtelierError as e:  # model not available, cancelled before start, ...
                 yield {error: gr.Markdown(f"**error**: {e}", visible=True), status: ""}
             finally:
@@ -175,7 +198,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                    time_taken, history, history_items]  # fmt: skip
         event = run.click(  # Ctrl+Enter in the prompts clicks it (the studio's JS)
             gpu(generate),
-            inputs={*widgets.values(), *lora_inputs, history_items},
+            inputs={*by_component, *lora_inputs, *control.inputs(), history_items},
             outputs=outputs,
             api_name="studio_generate",
             api_visibility="undocumented",
@@ -198,12 +221,16 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
 
         def on_model(name: str) -> list[Any]:
             fam = family_of(ctx.manager, name)
+            cn = controlnet_choices(ctx.manager, fam.name)
             return [*family_updates(fam, available_schedulers(fam)),
-                    refresh_search(ctx.manager, fam.name)]  # fmt: skip
+                    refresh_search(ctx.manager, fam.name),
+                    *(gr.Dropdown(choices=cn, value=cn[0] if cn else None)
+                      for _ in control.model_outputs())]  # fmt: skip
 
         # .input, not .change: "Send to Generate" sets the model *and* its values in
         # one update, and must not be overwritten by the family defaults.
-        model.input(on_model, model, [scheduler, steps, cfg, width, height, loras.search],
+        model.input(on_model, model, [scheduler, steps, cfg, width, height, loras.search,
+                                      *control.model_outputs()],
                     api_name="model_defaults", api_visibility="undocumented",
                     concurrency_limit=None)  # fmt: skip
 
@@ -217,7 +244,8 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                       api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
         loras.refresh.click(on_refresh, model, [model, loras.search], api_name="refresh_loras",
                             api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
-    return GenerateTab(blocks, widgets, loras, gallery, selected, to_pnginfo, event)
+    return GenerateTab(blocks, widgets, loras, img2img, control, gallery, selected, to_pnginfo,
+                       event)  # fmt: skip
 
 
 if __name__ == "__main__":  # python -m ui.generate_tab: this tab alone, built-in model

@@ -29,17 +29,21 @@ _DONE = object()
 
 
 def stream_generation(
-    manager: Any, request: Any, cancel: Any, min_interval: float = 0.1
+    manager: Any, request: Any, cancel: Any, min_interval: float = 0.1, inputs: Any = None
 ) -> Iterator[Any]:
     """Yield ProgressEvents (at most one per `min_interval` s unless it carries a preview),
     then the GenerationResult. Engine errors are re-raised here, in the caller's thread.
-    Closing this iterator early cancels the run."""
+    Closing this iterator early cancels the run. `inputs`: the request's images
+    (pipelines.tasks.Inputs), None for text-to-image."""
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     def work() -> None:
         try:
             result = manager.generate(
-                request, on_progress=lambda e: events.put(("progress", e)), cancel=cancel
+                request,
+                on_progress=lambda e: events.put(("progress", e)),
+                cancel=cancel,
+                inputs=inputs,
             )
             events.put(("result", result))
         except BaseException as e:  # handed to the caller, who decides what it means
@@ -92,6 +96,12 @@ class ImageStore:
             shutil.copyfile(path, copy)  # same bytes, metadata included; no re-encode
             copies.append(copy)
         return copies
+
+    def scratch_file(self, suffix: str) -> Path:
+        """A new unguessable path in the scratch folder (served, never the outputs)."""
+        handle, name = tempfile.mkstemp(suffix=suffix, dir=self.scratch)
+        os.close(handle)
+        return Path(name)
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)

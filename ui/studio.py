@@ -82,6 +82,7 @@ def send_to_generate(
         out[w[name]] = gr.Slider(**{**specs[name], "value": value})
     return [*(out[c] for c in send_outputs(gen)[:len(out)]),
             *fill(values["loras"], lora_choices(ctx.manager, None)),
+            *gen.restore(ctx.manager, values, family.name),
             gr.Tabs(selected="generate")]  # fmt: skip
 
 
@@ -119,7 +120,7 @@ def wire(ctx: StudioContext, gen: GenerateTab, info: PngInfoTab, tabs: gr.Tabs) 
     info.send.click(
         lambda text, model: send_to_generate(ctx, gen, text, model),
         [info.parameters, gen.widgets["model"]],
-        [*send_outputs(gen), *gen.loras.outputs(), tabs],
+        [*send_outputs(gen), *gen.loras.outputs(), *gen.restore_outputs(), tabs],
         api_name="send_to_generate", api_visibility="undocumented", concurrency_limit=None,
     )  # fmt: skip
     gen.send_to_pnginfo.click(
