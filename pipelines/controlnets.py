@@ -65,8 +65,14 @@ class ControlNetLibrary:
                     found[child.name] = child
         return found
 
-    def names(self) -> list[str]:
-        return list(self._folders())
+    def names(self, family: str | None = None) -> list[str]:
+        """ControlNet names (of one family), without building or loading anything."""
+        found = {builtin.TINY_CONTROLNET: "sd15"}
+        if self.controlnets_dir and self.controlnets_dir.is_dir():
+            for child in sorted(self.controlnets_dir.iterdir()):
+                if (child / "config.json").is_file() and child.name not in found:
+                    found[child.name] = family_of(child)
+        return [n for n, f in found.items() if family is None or f == family]
 
     def get(self, name: str, field_name: str = "controlnets") -> ControlNetEntry:
         check_name(field_name, name, "ControlNet")

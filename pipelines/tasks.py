@@ -73,6 +73,10 @@ def check_inputs(req: GenerationRequest, inputs: Inputs, family: str, model: str
         if i >= len(images) or images[i] is None:
             raise RequestError(f"controlnets[{i}]", "needs a control image")
     task = task_of(req, inputs)
+    if inputs.init_image is not None and int(req.num_inference_steps * req.strength) < 1:
+        rule = (f"{req.strength} x {req.num_inference_steps} steps leaves no step to run; "
+                "raise strength or steps")  # fmt: skip
+        raise RequestError("strength", rule)
     if task not in TASKS.get(family, {}):
         what = "ControlNet" if req.controlnets else task
         raise RequestError("controlnets" if req.controlnets else "init_image",
@@ -121,10 +125,10 @@ def task_arguments(
         units = req.controlnets
         one = len(units) == 1
         args[key] = control_maps[0] if one else control_maps
-        scales = [u.weight for u in units]
+        scales = [float(u.weight) for u in units]  # diffusers rejects an int scale
         args["controlnet_conditioning_scale"] = scales[0] if one else scales
-        args["control_guidance_start"] = [u.guidance_start for u in units]
-        args["control_guidance_end"] = [u.guidance_end for u in units]
+        args["control_guidance_start"] = [float(u.guidance_start) for u in units]
+        args["control_guidance_end"] = [float(u.guidance_end) for u in units]
     return args
 
 

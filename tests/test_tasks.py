@@ -210,3 +210,21 @@ def test_infotext_restores_strength_mask_blur_and_units(tm):
     back = request_from_infotext(text)
     assert (back.strength, back.mask_blur) == (0.6, 2)
     assert back.controlnets == out.request.controlnets
+
+
+def test_whole_number_weights_and_too_few_steps(tm):
+    unit = {"model": CN, "weight": 1, "guidance_start": 0, "guidance_end": 1}
+    out = tm.generate(GenerationRequest(**BASE, controlnets=[unit]),
+                      inputs=Inputs(control_images=[CONTROL]))  # fmt: skip
+    assert len(out.images) == 1
+    with pytest.raises(RequestError, match="strength: 0.35 x 2 steps leaves no step to run"):
+        tm.generate(GenerationRequest(**{**BASE, "num_inference_steps": 2}, strength=0.35),
+                    inputs=Inputs(init_image=INIT))  # fmt: skip
+
+
+def test_controlnet_names_by_family_without_building(tmp_path):
+    from pipelines.controlnets import ControlNetLibrary
+
+    lib = ControlNetLibrary(None, tmp_path / "empty-cache")
+    assert lib.names("sd15") == [CN] and lib.names("sdxl") == []
+    assert not (tmp_path / "empty-cache").exists()
