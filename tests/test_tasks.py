@@ -228,3 +228,31 @@ def test_controlnet_names_by_family_without_building(tmp_path):
     lib = ControlNetLibrary(None, tmp_path / "empty-cache")
     assert lib.names("sd15") == [CN] and lib.names("sdxl") == []
     assert not (tmp_path / "empty-cache").exists()
+
+
+def test_sdxl_controlnet_equals_direct_diffusers(cache_root, tmp_path):
+    sdxl = builtin.ensure_model("tiny-sdxl", cache_root)
+    unet = diffusers.UNet2DConditionModel.from_pretrained(str(sdxl / "unet"))
+    torch.manual_seed(0)
+    cn = diffusers.ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(4, 8, 8, 8))
+    with torch.no_grad():  # zero-initialised outputs would make the ControlNet a no-op
+        for p in cn.parameters():
+            if not p.any():
+                p.normal_(0, 0.02)
+    cn.save_pretrained(tmp_path / "cn" / "xl-canny")
+    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root,
+                                       controlnets_dir=tmp_path / "cn"))  # fmt: skip
+    assert m.controlnets.names("sdxl") == ["xl-canny"]
+    unit = {"model": "xl-canny", "weight": 0.7}
+    req = GenerationRequest(**{**BASE, "model": "tiny-sdxl"}, controlnets=[unit])
+    ours = px(m.generate(req, inputs=Inputs(control_images=[CONTROL])))
+    plain = px(m.generate(GenerationRequest(**{**BASE, "model": "tiny-sdxl"})))
+    pipe = diffusers.StableDiffusionXLControlNetPipeline.from_pretrained(
+        str(sdxl),
+        controlnet=diffusers.ControlNetModel.from_pretrained(str(tmp_path / "cn" / "xl-canny")),
+    )
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    theirs = pipe(prompt="a house", num_inference_steps=6, guidance_scale=7.0, width=64, height=64,
+                  image=CONTROL, controlnet_conditioning_scale=0.7,
+                  generator=torch.Generator("cpu").manual_seed(5)).images[0]  # fmt: skip
+    assert np.array_equal(ours, np.asarray(theirs)) and not np.array_equal(ours, plain)
