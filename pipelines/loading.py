@@ -132,24 +132,34 @@ def _apply_options(pipe: Any, device: torch.device, options: LoadOptions) -> Non
         pipe.vae.enable_tiling()
 
 
-def fresh_pipeline(base: Any, scheduler: Any) -> Any:
-    """A new pipeline object for one request that shares every module of `base`.
+def compose(cls: type, base: Any, scheduler: Any, **overrides: Any) -> Any:
+    """A new `cls` pipeline object for one request over every module of `base`.
 
     Pipelines keep per-call state (`_guidance_scale`, `_interrupt`, ...), so
-    concurrent requests must not share one. The constructor form never casts the
-    shared modules (unlike `from_pipe` without `dtype`, diffusers#12754).
-    Non-module config (e.g. SDXL's force_zeros_for_empty_prompt, Wan's
-    boundary_ratio) is carried over so the new object behaves like the base.
+    concurrent requests must not share one. The constructor form never loads,
+    copies or casts the shared modules (unlike `from_pipe` without `dtype`,
+    diffusers#12754). Modules `cls` does not take are left out, required ones the
+    base lacks are None; non-module config (SDXL's force_zeros_for_empty_prompt,
+    Wan's boundary_ratio, ...) is carried over; `overrides` win (e.g. a ControlNet).
     """
     import inspect
 
-    components = {**base.components, "scheduler": scheduler}
-    params = inspect.signature(type(base).__init__).parameters
-    extra = {
-        k: v
-        for k, v in base.config.items()
-        if k in params and k not in components and not k.startswith("_")
-    }
-    pipe = type(base)(**components, **extra)
+    params = inspect.signature(cls.__init__).parameters
+    kwargs = {k: v for k, v in base.components.items() if k in params}
+    kwargs.update(
+        (name, None)
+        for name, p in params.items()
+        if name not in kwargs and name != "self" and p.default is inspect.Parameter.empty
+    )
+    kwargs.update(
+        (k, v) for k, v in base.config.items() if k in params and k not in kwargs and k[0] != "_"
+    )
+    kwargs.update(scheduler=scheduler, **overrides)
+    pipe = cls(**kwargs)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def fresh_pipeline(base: Any, scheduler: Any) -> Any:
+    """A pipeline object of the base's own class for one request (see `compose`)."""
+    return compose(type(base), base, scheduler)

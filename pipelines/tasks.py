@@ -8,7 +8,6 @@ diffusers class runs a task is a table per family.
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,6 +15,7 @@ import torch
 from PIL import Image, ImageFilter
 
 from .errors import RequestError
+from .loading import compose
 from .request import GenerationRequest
 
 # family -> task -> diffusers class
@@ -89,19 +89,10 @@ def build(base: Any, family: str, task: str, scheduler: Any, controlnets: list[A
     import diffusers
 
     cls = getattr(diffusers, TASKS[family][task])
-    params = inspect.signature(cls.__init__).parameters
-    components = {k: v for k, v in base.components.items() if k in params}
-    components["scheduler"] = scheduler
-    if controlnets:
-        components["controlnet"] = controlnets[0] if len(controlnets) == 1 else controlnets
-    for name, p in params.items():  # optional modules the base lacks (image_encoder, ...)
-        if name not in components and name != "self" and p.default is inspect.Parameter.empty:
-            components[name] = None
-    extra = {k: v for k, v in base.config.items()
-             if k in params and k not in components and not k.startswith("_")}  # fmt: skip
-    pipe = cls(**components, **extra)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+    if not controlnets:
+        return compose(cls, base, scheduler)
+    return compose(cls, base, scheduler,
+                   controlnet=controlnets[0] if len(controlnets) == 1 else controlnets)  # fmt: skip
 
 
 def blurred_mask(mask: Image.Image, radius: int) -> Image.Image:

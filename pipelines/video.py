@@ -26,7 +26,7 @@ from PIL import Image
 
 from .errors import RequestError
 from .families import Family
-from .loading import fresh_pipeline
+from .loading import compose, fresh_pipeline
 from .loras import check_family
 from .request import (
     MAX_SEED,
@@ -249,11 +249,7 @@ def _scheduler_config(folder: Any) -> dict[str, Any]:
 
 
 def _image_pipeline(pipe: Any) -> Any:
+    """TI2V-5B with a start image: the image-to-video class over the same modules."""
     from diffusers import WanImageToVideoPipeline
 
-    comps = {k: v for k, v in pipe.components.items() if k in ("tokenizer", "text_encoder", "vae",
-             "scheduler", "transformer", "transformer_2")}  # fmt: skip
-    out = WanImageToVideoPipeline(**comps, expand_timesteps=True,
-                                  boundary_ratio=pipe.config.get("boundary_ratio"))  # fmt: skip
-    out.set_progress_bar_config(disable=True)
-    return out
+    return compose(WanImageToVideoPipeline, pipe, pipe.scheduler, expand_timesteps=True)
