@@ -26,6 +26,7 @@ class Family:
     gpu_dtype: str  # "float16" or "bfloat16"
     # video only
     start_image: str = "none"  # "none" (text-to-video), "required" (I2V) or "optional" (TI2V)
+    end_image: bool = False  # takes a last frame too (WanImageToVideoPipeline's last_image)
     experts: int = 1  # Wan 2.2 A14B: 2 transformers switched at boundary_ratio
     default_height: int = 0  # video: frame height (default_size is the width)
     default_frames: int = 81
@@ -50,7 +51,7 @@ FAMILIES: dict[str, Family] = {
                default_height=480),
         Family("wan22-i2v", "Wan 2.2 A14B I2V", "WanImageToVideoPipeline", "video",
                16, 832, 32, 1280, 40, 3.5, "UniPC", True, "bfloat16", "required", experts=2,
-               default_height=480),
+               end_image=True, default_height=480),
         Family("wan22-5b", "Wan 2.2 TI2V 5B", "WanPipeline", "video",
                32, 1280, 32, 1280, 50, 5.0, "UniPC", True, "bfloat16", "optional",
                default_height=704, default_frames=121),

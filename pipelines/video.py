@@ -44,6 +44,9 @@ if TYPE_CHECKING:
     from .manager import CancelToken, PipelineManager, ProgressEvent
 
 MAX_FRAMES = 241
+FPS_RANGE = (1, 60)
+CFG_RANGE = (0.0, 30.0)
+FLOW_SHIFT_RANGE = (0.1, 30.0)
 DEFAULT_VIDEO_MODEL = "tiny-wan"
 
 
@@ -136,18 +139,18 @@ def validate(req: VideoRequest, family: Family, has_image: bool) -> None:
         raise RequestError(
             "num_frames", f"must be 4k+1 (5, 9, 13, ... 81), got {frames}; try {near}"
         )
-    _int("fps", req.fps, 1, 60)
+    _int("fps", req.fps, *FPS_RANGE)
     for name in ("width", "height"):
         check_size(name, getattr(req, name), family)
     _int("num_inference_steps", req.num_inference_steps, 1, MAX_STEPS)
-    _number("guidance_scale", req.guidance_scale, 0.0, 30.0)
+    _number("guidance_scale", req.guidance_scale, *CFG_RANGE)
     if req.guidance_scale_2 is not None:
         if family.experts != 2:
             raise RequestError(
                 "guidance_scale_2", f"{family.label} models have one expert; leave it empty"
             )
-        _number("guidance_scale_2", req.guidance_scale_2, 0.0, 30.0)
-    _number("flow_shift", req.flow_shift, 0.1, 30.0)
+        _number("guidance_scale_2", req.guidance_scale_2, *CFG_RANGE)
+    _number("flow_shift", req.flow_shift, *FLOW_SHIFT_RANGE)
     if req.seed != -1:
         _int("seed", req.seed, 0, MAX_SEED)
     if family.start_image == "required" and not has_image:
@@ -202,8 +205,8 @@ def run_video(
     family = entry.family
     if family.kind != "video":
         raise RequestError("model", f"'{name}' is a {family.label} image model; use generate")
-    if end_image is not None and family.start_image == "none":
-        raise RequestError("end_image", f"{family.label} is text-to-video; it takes no end image")
+    if end_image is not None and not family.end_image:
+        raise RequestError("end_image", f"{family.label} models take no end image")
     shift = flow_shift_of(_scheduler_config(entry.path))
     req = resolve(request, name, family, shift)
     validate(req, family, image is not None)

@@ -142,3 +142,12 @@ def test_cancel_skips_the_vae_decode(vm):
         assert decodes  # the next request decodes normally
     finally:
         hook.remove()
+
+
+def test_end_image_only_where_the_family_takes_one(vm):
+    blue = Image.new("RGB", (64, 32), "blue")
+    with pytest.raises(RequestError, match="end_image: Wan 2.1 T2V models take no end image"):
+        vm.generate_video(VideoRequest(**BASE), end_image=blue)
+    # Wan 2.1 I2V encodes one image; first-last-frame needs the FLF2V model.
+    with pytest.raises(RequestError, match="end_image: Wan 2.1 I2V models take no end image"):
+        vm.generate_video(VideoRequest(**BASE, model="tiny-wan-i2v"), image=blue, end_image=blue)
