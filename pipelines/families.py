@@ -57,6 +57,10 @@ FAMILIES: dict[str, Family] = {
                default_height=704, default_frames=121),
     )
 }  # fmt: skip
+# Video request ranges (here, not in video.py, so the UI can import them without torch).
+FPS_RANGE = (1, 60)
+CFG_RANGE = (0.0, 30.0)
+FLOW_SHIFT_RANGE = (0.1, 30.0)
 VIDEO_FAMILIES = tuple(name for name, f in FAMILIES.items() if f.kind == "video")
 
 

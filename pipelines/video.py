@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from .errors import RequestError
-from .families import Family
+from .families import CFG_RANGE, FLOW_SHIFT_RANGE, FPS_RANGE, Family
 from .loading import compose, fresh_pipeline
 from .loras import check_family
 from .request import (
@@ -44,9 +44,6 @@ if TYPE_CHECKING:
     from .manager import CancelToken, PipelineManager, ProgressEvent
 
 MAX_FRAMES = 241
-FPS_RANGE = (1, 60)
-CFG_RANGE = (0.0, 30.0)
-FLOW_SHIFT_RANGE = (0.1, 30.0)
 DEFAULT_VIDEO_MODEL = "tiny-wan"
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from pipelines import families
 from pipelines.errors import AtelierError, RequestError
 from pipelines.export import FORMATS
 from pipelines.families import Family
@@ -42,8 +43,8 @@ VIDEO_FIELDS = {
 DEFAULT_FORMAT = "mp4"
 FRAMES_STEP = 4  # num_frames = 4k + 1
 MIN_FRAMES = 5
-FPS_RANGE = (1, 60)
-MAX_VIDEO_CFG = 30.0
+FPS_RANGE = families.FPS_RANGE
+MAX_VIDEO_CFG = families.CFG_RANGE[1]
 
 
 def _blank(value: Any) -> bool:
@@ -106,7 +107,7 @@ def image_inputs(family: Family) -> dict[str, Any]:
     return {
         "start_visible": start != "none",
         "start_label": label.get(start, "Start image"),
-        "end_visible": start != "none",  # only image-to-video pipelines take a last image
+        "end_visible": family.end_image,
         "cfg2_visible": family.experts == 2,
     }
 
@@ -127,7 +128,9 @@ def for_family(
     if family.experts != 2:
         out["cfg2"] = None
     if family.start_image == "none":
-        image = end_image = None
+        image = None
+    if not family.end_image:
+        end_image = None
     return out, image, end_image
 
 
