@@ -50,7 +50,15 @@ from .progress import CancelToken, ProgressEvent, step_callback
 from .registry import ModelEntry, ModelRegistry
 from .request import MAX_SEED, GenerationRequest, check_name, resolve_defaults, validate
 from .schedulers import build_scheduler, get_spec
-from .tasks import Inputs, check_inputs, dtype_of, task_arguments, task_of
+from .tasks import (
+    Inputs,
+    check_inputs,
+    crop_inputs,
+    dtype_of,
+    paste_back,
+    task_arguments,
+    task_of,
+)
 from .tasks import build as build_task
 
 log = logging.getLogger(__name__)
@@ -284,6 +292,9 @@ class PipelineManager:
     ) -> tuple[list[Image.Image], list[int]]:
         family = loaded.entry.family
         task = task_of(req, inputs)
+        whole, box = inputs, None
+        if task.startswith("inpaint") and req.inpaint_area == "masked":
+            inputs, box = crop_inputs(req, whole)  # generate the box, paste it back below
         images: list[Image.Image] = []
         all_seeds: list[int] = []
         with self._controlnets(slot, loaded, req) as controlnets, self._adapters(loaded, loras):
@@ -309,6 +320,8 @@ class PipelineManager:
                     del args["width"], args["height"]  # img2img: the resized init image's size
                 out = pipe(**args, callback_on_step_end=callback,
                            callback_on_step_end_tensor_inputs=["latents"])  # fmt: skip
+                if box is not None:
+                    out.images = [paste_back(im, whole, box, req.mask_blur) for im in out.images]
                 images.extend(out.images)
                 all_seeds.extend(seeds)
         return images, all_seeds

@@ -30,6 +30,7 @@ def infotext_for(
     controlnet_hashes: dict[str, str] | None = None,
 ) -> str:
     """The infotext of one image of a resolved request (task from tasks.task_of)."""
+    masked = task.startswith("inpaint") and req.inpaint_area == "masked"
     spec = next(s for s in SCHEDULERS if s.name == req.scheduler)
     tags = " ".join(f"<lora:{name}:{_num(w)}>" for name, w in req.loras)
     prompt = f"{req.prompt} {tags}".strip() if tags else req.prompt
@@ -46,6 +47,8 @@ def infotext_for(
         if task.startswith(("img2img", "inpaint"))
         else None,
         "Mask blur": req.mask_blur if task.startswith("inpaint") else None,
+        "Inpaint area": "Only masked" if masked else None,
+        "Masked area padding": req.inpaint_padding if masked else None,
     }
     for i, unit in enumerate(req.controlnets):
         params[f"ControlNet {i}"] = controlnet_value(
@@ -144,6 +147,9 @@ def _image_fields(params: dict[str, str]) -> dict[str, object]:
             out["strength"] = float(params["Denoising strength"])
         if "Mask blur" in params:
             out["mask_blur"] = int(params["Mask blur"])
+        if params.get("Inpaint area") == "Only masked":
+            out["inpaint_area"] = "masked"
+            out["inpaint_padding"] = int(params.get("Masked area padding", 32))
     except ValueError:
         raise RequestError("Denoising strength", "must be a number") from None
     units = sorted((int(k.split()[1]), v) for k, v in params.items()

@@ -91,6 +91,8 @@ class GenerationRequest:
     # Image-to-image / inpainting (used when an init image is given to generate)
     strength: float = 0.75  # denoising strength, (0, 1]
     mask_blur: int = 4  # pixels of Gaussian blur on the inpainting mask
+    inpaint_area: str = "whole"  # "whole" picture, or "masked": only a crop around the mask
+    inpaint_padding: int = 32  # pixels around the mask's box when inpaint_area is "masked"
     controlnets: tuple[ControlUnit, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
@@ -269,6 +271,9 @@ def validate(req: GenerationRequest, family: Family) -> None:
     if req.strength <= 0:
         raise RequestError("strength", f"must be > 0 and <= 1, got {req.strength}")
     _int("mask_blur", req.mask_blur, 0, 64)
+    if req.inpaint_area not in ("whole", "masked"):
+        raise RequestError("inpaint_area", f"must be 'whole' or 'masked', got {req.inpaint_area!r}")
+    _int("inpaint_padding", req.inpaint_padding, 0, 256)
     if len(req.controlnets) > MAX_CONTROLNETS:
         rule = f"at most {MAX_CONTROLNETS} units, got {len(req.controlnets)}"
         raise RequestError("controlnets", rule)

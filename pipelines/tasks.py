@@ -126,3 +126,53 @@ def task_arguments(
 def dtype_of(pipe: Any) -> torch.dtype:
     denoiser = getattr(pipe, "unet", None) or pipe.transformer
     return denoiser.dtype
+
+
+def masked_crop(
+    mask: Image.Image, padding: int, width: int, height: int
+) -> tuple[int, int, int, int]:
+    """The box A1111's "only masked" inpaints: the mask's bounding box plus `padding`,
+    grown to the request's aspect ratio and clipped to the image."""
+    box = mask.convert("L").point(lambda v: 255 if v else 0).getbbox()
+    if box is None:
+        raise RequestError("mask_image", "is empty: paint the area to repaint in white")
+    W, H = mask.size
+    x0, y0, x1, y1 = box[0] - padding, box[1] - padding, box[2] + padding, box[3] + padding
+    w, h = x1 - x0, y1 - y0
+    ratio = width / height
+    if w / h < ratio:  # too tall: widen around the centre
+        grow = round(h * ratio) - w
+        x0, x1 = x0 - grow // 2, x1 + grow - grow // 2
+    else:  # too wide: heighten
+        grow = round(w / ratio) - h
+        y0, y1 = y0 - grow // 2, y1 + grow - grow // 2
+    # shift into the image where possible, then clip
+    dx = max(0, -x0) - max(0, x1 - W)
+    dy = max(0, -y0) - max(0, y1 - H)
+    x0, x1, y0, y1 = x0 + dx, x1 + dx, y0 + dy, y1 + dy
+    return max(0, x0), max(0, y0), min(W, x1), min(H, y1)
+
+
+def crop_inputs(req: GenerationRequest, inputs: Inputs) -> tuple[Inputs, tuple[int, int, int, int]]:
+    """Inputs cut to the "only masked" box (control images too, as the same region)."""
+    box = masked_crop(blurred_mask(inputs.mask_image, req.mask_blur), req.inpaint_padding,
+                      req.width, req.height)  # fmt: skip
+    size = inputs.init_image.size
+
+    def cut(im: Image.Image | None) -> Image.Image | None:
+        return None if im is None else im.resize(size).crop(box)
+
+    return Inputs(inputs.init_image.crop(box), inputs.mask_image.crop(box),
+                  [cut(c) for c in inputs.control_images]), box  # fmt: skip
+
+
+def paste_back(
+    generated: Image.Image, inputs: Inputs, box: tuple[int, int, int, int], blur: int
+) -> Image.Image:
+    """The generated crop scaled back into its box, blended through the blurred mask."""
+    out = inputs.init_image.convert("RGB").copy()
+    w, h = box[2] - box[0], box[3] - box[1]
+    patch = generated.convert("RGB").resize((w, h), Image.LANCZOS)
+    alpha = blurred_mask(inputs.mask_image, blur).crop(box)
+    out.paste(patch, box[:2], alpha)
+    return out

@@ -256,3 +256,34 @@ def test_sdxl_controlnet_equals_direct_diffusers(cache_root, tmp_path):
                   image=CONTROL, controlnet_conditioning_scale=0.7,
                   generator=torch.Generator("cpu").manual_seed(5)).images[0]  # fmt: skip
     assert np.array_equal(ours, np.asarray(theirs)) and not np.array_equal(ours, plain)
+
+
+def test_only_masked_inpaints_a_crop_and_pastes_it_back(tm):
+    from pipelines.tasks import masked_crop
+
+    init = Image.radial_gradient("L").resize((128, 96)).convert("RGB")
+    mask = Image.new("L", (128, 96), 0)
+    ImageDraw.Draw(mask).rectangle([40, 30, 59, 49], fill=255)
+    box = masked_crop(mask, 8, 64, 64)
+    assert box == (32, 22, 68, 58)  # the 20x20 mask + 8 px each side, square like 64x64
+    req = GenerationRequest(**BASE, inpaint_area="masked", inpaint_padding=8, mask_blur=0)
+    out = tm.generate(req, inputs=Inputs(init_image=init, mask_image=mask))
+    got, ref = np.asarray(out.images[0]), np.asarray(init)
+    assert got.shape == ref.shape  # the whole picture comes back, at its own size
+    outside = np.ones(ref.shape[:2], bool)
+    outside[30:50, 40:60] = False
+    assert np.array_equal(got[outside], ref[outside])  # unmasked pixels untouched
+    assert not np.array_equal(got[30:50, 40:60], ref[30:50, 40:60])
+    back = request_from_infotext(out.infotexts[0])
+    assert (back.inpaint_area, back.inpaint_padding) == ("masked", 8)
+
+
+def test_only_masked_box_keeps_inside_the_image():
+    from pipelines.tasks import masked_crop
+
+    mask = Image.new("L", (100, 100), 0)
+    ImageDraw.Draw(mask).rectangle([0, 0, 9, 9], fill=255)
+    x0, y0, x1, y1 = masked_crop(mask, 16, 128, 64)
+    assert (x0, y0) == (0, 0) and x1 <= 100 and y1 <= 100 and x1 - x0 > y1 - y0
+    with pytest.raises(RequestError, match="mask_image: is empty"):
+        masked_crop(Image.new("L", (10, 10), 0), 4, 64, 64)
