@@ -8,7 +8,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -28,3 +30,29 @@ def manager(cache_root: Path):
     return PipelineManager(
         EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=None, models_dir=None)
     )
+
+
+@pytest.fixture(scope="module")
+def studio_url(cache_root: Path) -> Iterator[str]:
+    """The studio (one CPU slot, outputs off) for one browser test module."""
+    from tests.ui_support import launched_studio
+
+    with launched_studio(cache_root, "off") as demo:
+        yield demo.test_url
+
+
+@pytest.fixture(scope="module")
+def page(studio_url: str) -> Iterator[Any]:
+    """A chromium page at the studio; the browser modules skip themselves without one."""
+    from tests.ui_support import browser_page
+
+    with browser_page(studio_url) as page:
+        yield page
+
+
+@pytest.fixture(scope="module")
+def client(server: Any) -> Any:
+    """A gradio_client Client of the studio that the test module's own `server` launched."""
+    from gradio_client import Client
+
+    return Client(server.test_url, verbose=False)

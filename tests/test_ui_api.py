@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,39 +16,17 @@ import pytest
 from gradio_client import Client
 from PIL import Image
 
+from tests.ui_support import launched_studio
+
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 SMALL = {"model": "tiny-sd", "steps": 3, "width": 64, "height": 64}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from pipelines import EngineSettings, PipelineManager
-    from ui.studio import build_studio
-
     outputs = tmp_path_factory.mktemp("ui-outputs")
-    manager = PipelineManager(EngineSettings(devices=("cpu", "cpu"), cache_root=cache_root,
-                                             loras_dir=None, models_dir=None))  # fmt: skip
-    demo, assets = build_studio(manager, outputs, queue_size=16)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
-                            server_port=free_port(), quiet=True, **assets)  # fmt: skip
-    demo.test_outputs = outputs
-    demo.test_url = url
-    try:
+    with launched_studio(cache_root, outputs, ("cpu", "cpu"), queue_size=16) as demo:
         yield demo
-    finally:
-        demo.close()
-        demo.atelier_context.store.close()
-
-
-@pytest.fixture(scope="module")
-def client(server: Any) -> Client:
-    return Client(server.test_url, verbose=False)
 
 
 def test_generate_returns_the_engines_pixels_and_a_parsable_infotext(client, manager):

@@ -4,23 +4,18 @@ the app on 127.0.0.1, called with gradio_client, compared with the engine itself
 from __future__ import annotations
 
 import json
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from gradio_client import Client, handle_file
+from gradio_client import handle_file
 from PIL import Image, ImageDraw
 
+from tests.ui_support import launched_studio
+
 SMALL = {"model": "tiny-sd", "steps": 3, "width": 64, "height": 64, "seed": 7}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def shapes(size: tuple[int, int] = (80, 72)) -> Image.Image:
@@ -34,25 +29,8 @@ def shapes(size: tuple[int, int] = (80, 72)) -> Image.Image:
 
 @pytest.fixture(scope="module")
 def server(cache_root: Path) -> Iterator[Any]:
-    from pipelines import EngineSettings, PipelineManager
-    from ui.studio import build_studio
-
-    manager = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root,
-                                             loras_dir=None, models_dir=None))  # fmt: skip
-    demo, assets = build_studio(manager, "off", queue_size=8)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
-                            server_port=free_port(), quiet=True, **assets)  # fmt: skip
-    demo.test_url = url
-    try:
+    with launched_studio(cache_root, "off", queue_size=8) as demo:
         yield demo
-    finally:
-        demo.close()
-        demo.atelier_context.store.close()
-
-
-@pytest.fixture(scope="module")
-def client(server: Any) -> Client:
-    return Client(server.test_url, verbose=False)
 
 
 @pytest.fixture(scope="module")

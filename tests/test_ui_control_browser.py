@@ -11,9 +11,10 @@ from typing import Any
 
 from PIL import Image, ImageDraw
 
-from tests.test_ui_browser import page, playwright, set_number, studio_url, textarea
+from tests.test_ui_browser import textarea
+from tests.ui_support import require_browser, set_number
 
-__all__ = ["page", "studio_url"]  # module fixtures, shared with the main browser test
+playwright = require_browser()
 
 
 def test_controlnet_generation_from_the_page(page: Any, tmp_path: Path) -> None:

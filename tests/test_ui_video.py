@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from PIL import Image
 
 from pipelines.errors import RequestError
 from pipelines.families import FAMILIES
+from tests.ui_support import launched_studio
 from ui.video_form import (
     check_format,
     for_family,
@@ -96,35 +96,11 @@ def test_only_video_models_are_offered(manager: Any) -> None:
 
 
 # -- the API on a launched server ------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    from pipelines import EngineSettings, PipelineManager
-    from ui.studio import build_studio
-
     outputs = tmp_path_factory.mktemp("ui-video-outputs")
-    manager = PipelineManager(EngineSettings(devices=("cpu", "cpu"), cache_root=cache_root,
-                                             loras_dir=None, models_dir=None))  # fmt: skip
-    demo, assets = build_studio(manager, outputs, queue_size=16)
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
-                            server_port=free_port(), quiet=True, **assets)  # fmt: skip
-    demo.test_outputs = outputs
-    demo.test_url = url
-    try:
+    with launched_studio(cache_root, outputs, ("cpu", "cpu"), queue_size=16) as demo:
         yield demo
-    finally:
-        demo.close()
-        demo.atelier_context.store.close()
-
-
-@pytest.fixture(scope="module")
-def client(server: Any) -> Client:
-    return Client(server.test_url, verbose=False)
 
 
 def decode(path: str) -> tuple[np.ndarray, dict[str, Any]]:

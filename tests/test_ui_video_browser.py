@@ -8,70 +8,12 @@ Without chromium the test is skipped (outside CI) with the reason.
 
 from __future__ import annotations
 
-import os
 import re
-import socket
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.ui_support import require_browser, set_number
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]  # fmt: skip
-IN_CI = bool(os.environ.get("CI") or os.environ.get("ATELIER_CI"))
-TIMEOUT_MS = 30_000
-
-if not Path(CHROMIUM).exists():
-    if IN_CI:
-        raise RuntimeError(
-            f"{CHROMIUM} is missing in CI: .ci/run installs it (apt-get install chromium)"
-        )
-    pytest.skip(f"browser tests need {CHROMIUM} (apt-get install chromium); skipped",
-                allow_module_level=True)  # fmt: skip
-playwright = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def studio_url(cache_root: Path) -> Iterator[str]:
-    from pipelines import EngineSettings, PipelineManager
-    from ui.studio import build_studio
-
-    manager = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root,
-                                             loras_dir=None, models_dir=None))  # fmt: skip
-    demo, assets = build_studio(manager, "off")
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
-                            server_port=free_port(), quiet=True, **assets)  # fmt: skip
-    try:
-        yield url
-    finally:
-        demo.close()
-        demo.atelier_context.store.close()
-
-
-@pytest.fixture(scope="module")
-def page(studio_url: str) -> Iterator[Any]:
-    with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(TIMEOUT_MS)
-        page.goto(studio_url)
-        yield page
-        browser.close()
-
-
-def set_number(page: Any, elem_id: str, value: int) -> None:
-    box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(str(value))
-    box.press("Enter")
-    box.blur()
+playwright = require_browser()
 
 
 def test_video_tab_generates_a_clip_and_plays_it(page: Any) -> None:
