@@ -25,7 +25,7 @@ import gradio as gr
 from ui.context import StudioContext
 from ui.control_panel import run_preprocessor
 from ui.form import api_images, request_from_widgets
-from ui.runner import gpu, stream_generation
+from ui.runner import gpu, shown_as_gradio_errors, stream_generation
 
 
 def build_api(ctx: StudioContext) -> gr.Blocks:
@@ -82,22 +82,20 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
                       "batch_count": batch_count, "loras": loras, "strength": strength,
                       "mask_blur": mask_blur, "controlnets": controlnets}  # fmt: skip
             from pipelines import CancelToken
-            from pipelines.errors import AtelierError
 
             cancel = CancelToken()
             try:
-                request = request_from_widgets(values)
-                images = api_images(init_image, mask_image, control_images)
-                for item in stream_generation(ctx.manager, request, cancel,
-                                              inputs=images.inputs()):  # fmt: skip
-                    if hasattr(item, "images"):
-                        paths = ctx.store.publish(item)
-                        yield [str(p) for p in paths], item.infotexts[0], item.seeds[0]
-                        return
-                    # Yielding lets Gradio close this generator on Job.cancel().
-                    yield gr.skip(), gr.skip(), gr.skip()
-            except AtelierError as e:  # RequestError reads "field: rule"
-                raise gr.Error(str(e), print_exception=False) from None
+                with shown_as_gradio_errors():
+                    request = request_from_widgets(values)
+                    images = api_images(init_image, mask_image, control_images)
+                    for item in stream_generation(ctx.manager, request, cancel,
+                                                  inputs=images.inputs()):  # fmt: skip
+                        if hasattr(item, "images"):
+                            paths = ctx.store.publish(item)
+                            yield [str(p) for p in paths], item.infotexts[0], item.seeds[0]
+                            return
+                        # Yielding lets Gradio close this generator on Job.cancel().
+                        yield gr.skip(), gr.skip(), gr.skip()
             finally:
                 cancel.cancel()
 
@@ -122,17 +120,14 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
         ) -> str:
             """The control map (PNG) of `image` for `module` at width x height (default:
             the model family's default size)."""
-            from pipelines.errors import AtelierError
             from ui.catalog import family_of
 
-            try:
+            with shown_as_gradio_errors():
                 family = family_of(ctx.manager, model or ctx.default_model)
                 size = (family.default_size if width in (None, "") else width,
                         family.default_size if height in (None, "") else height)  # fmt: skip
                 out = run_preprocessor(ctx.manager, image, module, *size, low_threshold,
                                        high_threshold, seed, model or None)  # fmt: skip
-            except AtelierError as e:
-                raise gr.Error(str(e), print_exception=False) from None
             path = ctx.store.scratch_file(".png")
             out.save(path)
             return str(path)

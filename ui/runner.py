@@ -11,6 +11,7 @@ step (raising Cancelled in the worker, which nobody waits for any more).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -35,21 +36,33 @@ def stream_generation(
     then the GenerationResult. Engine errors are re-raised here, in the caller's thread.
     Closing this iterator early cancels the run. `inputs`: the request's images
     (pipelines.tasks.Inputs), None for text-to-image."""
+    return stream_in_worker(
+        lambda on_progress: manager.generate(
+            request, on_progress=on_progress, cancel=cancel, inputs=inputs
+        ),
+        cancel,
+        min_interval,
+        name="atelier-generate",
+    )
+
+
+def stream_in_worker(
+    run: Callable[[Callable[[Any], None]], Any], cancel: Any, min_interval: float, name: str
+) -> Iterator[Any]:
+    """`run(on_progress)` (a blocking engine call) in a worker thread named `name`: yield
+    its ProgressEvents (at most one per `min_interval` s unless it carries a preview or
+    is the last step), then its result. Its errors are re-raised here, in the caller's
+    thread. Closing this iterator early sets `cancel` (a CancelToken)."""
     events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
     def work() -> None:
         try:
-            result = manager.generate(
-                request,
-                on_progress=lambda e: events.put(("progress", e)),
-                cancel=cancel,
-                inputs=inputs,
-            )
+            result = run(lambda e: events.put(("progress", e)))
             events.put(("result", result))
         except BaseException as e:  # handed to the caller, who decides what it means
             events.put(("error", e))
 
-    worker = threading.Thread(target=work, name="atelier-generate", daemon=True)
+    worker = threading.Thread(target=work, name=name, daemon=True)
     worker.start()
     last = 0.0
     try:
@@ -67,6 +80,20 @@ def stream_generation(
     finally:
         if worker.is_alive():
             cancel.cancel()
+
+
+@contextlib.contextmanager
+def shown_as_gradio_errors() -> Iterator[None]:
+    """An engine error (AtelierError) raised inside becomes a gr.Error with its text, for
+    the API client to read (a RequestError reads "field: rule"); other errors pass."""
+    import gradio as gr
+
+    from pipelines.errors import AtelierError
+
+    try:
+        yield
+    except AtelierError as e:
+        raise gr.Error(str(e), print_exception=False) from None
 
 
 class ImageStore:

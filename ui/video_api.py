@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from ui.context import StudioContext
-from ui.runner import gpu
+from ui.runner import gpu, shown_as_gradio_errors
 from ui.video_form import DEFAULT_FORMAT, check_format, video_request_from_widgets
 from ui.video_runner import is_result, publish_video, stream_video
 
@@ -70,21 +70,19 @@ def add_video_api(ctx: StudioContext) -> None:
                       "height": height, "steps": steps, "cfg": cfg, "cfg2": cfg2,
                       "flow_shift": flow_shift, "seed": seed, "loras": loras}  # fmt: skip
             from pipelines import CancelToken
-            from pipelines.errors import AtelierError
 
             cancel = CancelToken()
             try:
-                fmt = check_format(format)
-                request = video_request_from_widgets(values)
-                for item in stream_video(ctx.manager, request, image, end_image, cancel):
-                    if is_result(item):
-                        files = publish_video(ctx.store, item, fmt)
-                        yield str(files.file), str(files.parameters), item.seed
-                        return
-                    # Yielding lets Gradio close this generator on Job.cancel().
-                    yield gr.skip(), gr.skip(), gr.skip()
-            except AtelierError as e:  # RequestError reads "field: rule"
-                raise gr.Error(str(e), print_exception=False) from None
+                with shown_as_gradio_errors():
+                    fmt = check_format(format)
+                    request = video_request_from_widgets(values)
+                    for item in stream_video(ctx.manager, request, image, end_image, cancel):
+                        if is_result(item):
+                            files = publish_video(ctx.store, item, fmt)
+                            yield str(files.file), str(files.parameters), item.seed
+                            return
+                        # Yielding lets Gradio close this generator on Job.cancel().
+                        yield gr.skip(), gr.skip(), gr.skip()
             finally:
                 cancel.cancel()
 

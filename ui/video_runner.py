@@ -2,7 +2,7 @@
 
 `manager.generate_video` blocks until the frames are decoded, and Gradio can only
 close a handler (on Stop, or a client's `Job.cancel()`) while it is suspended at a
-`yield`. So, as `ui.runner.stream_generation` does for images, the engine runs in a
+`yield`. So, as for images, `ui.runner.stream_in_worker` runs the engine in a
 worker thread, its progress events come back through a queue, and the handler
 yields on each; closing the stream sets the CancelToken, and the engine stops
 within one step, skipping the VAE decode.
@@ -17,17 +17,14 @@ or a zip of frames, a player copy is written to the scratch folder only.
 from __future__ import annotations
 
 import json
-import queue
 import shutil
 import tempfile
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ui.runner import ImageStore
+from ui.runner import ImageStore, stream_in_worker
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -44,39 +41,14 @@ def stream_video(
     """ProgressEvents (at most one per `min_interval` s unless it carries a preview or is
     the last step), then the VideoResult (it has `frames`). Engine errors are re-raised
     here, in the caller's thread. Closing this iterator early cancels the run."""
-    events: queue.Queue[tuple[str, Any]] = queue.Queue()
-
-    def work() -> None:
-        try:
-            result = manager.generate_video(
-                request,
-                image=image,
-                end_image=end_image,
-                on_progress=lambda e: events.put(("progress", e)),
-                cancel=cancel,
-            )
-            events.put(("result", result))
-        except BaseException as e:  # handed to the caller, who decides what it means
-            events.put(("error", e))
-
-    worker = threading.Thread(target=work, name="atelier-video", daemon=True)
-    worker.start()
-    last = 0.0
-    try:
-        while True:
-            kind, value = events.get()
-            if kind == "error":
-                raise value
-            if kind == "result":
-                yield value
-                return
-            now = time.monotonic()
-            if value.preview is not None or value.step == value.total or now - last >= min_interval:
-                last = now
-                yield value
-    finally:
-        if worker.is_alive():
-            cancel.cancel()
+    return stream_in_worker(
+        lambda on_progress: manager.generate_video(
+            request, image=image, end_image=end_image, on_progress=on_progress, cancel=cancel
+        ),
+        cancel,
+        min_interval,
+        name="atelier-video",
+    )
 
 
 def is_result(item: Any) -> bool:
