@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-EXIT_BAD_INPUT = 2
+from cli_jobs import EXIT_BAD_INPUT, default_controlnet, open_image, run_jobs, run_one
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,9 +122,7 @@ def cmd_video(args: argparse.Namespace) -> int:
     manager, values = build_manager(args)
     out = _out_dir(args, values) or Path("outputs")
     try:
-        model = args.model
-        if model and Path(model).expanduser().is_dir():
-            model = manager.registry.add(model)
+        model = _model_arg(manager, args.model)
         images = {}
         for key in ("image", "end_image"):
             path = getattr(args, key)
@@ -142,12 +140,8 @@ def cmd_video(args: argparse.Namespace) -> int:
         result = manager.generate_video(req, **images)
         path, sidecar = save_video(result.frames, out, result.request.fps, result.parameters,
                                    fmt=args.format, stem=f"video-{result.seed}")  # fmt: skip
-    except RequestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
     except AtelierError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _print_error(e)
     if args.json:
         print(json.dumps({"paths": [str(path), str(sidecar)], "seed": result.seed,
                           "request": result.request.to_dict(),
@@ -176,6 +170,22 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _model_arg(manager: Any, model: str | None) -> str | None:
+    """--model as given, or, for a local folder (trusted on the command line), the name
+    it gets when added to the registry."""
+    if model and Path(model).expanduser().is_dir():
+        return manager.registry.add(model)
+    return model
+
+
+def _print_error(e: Exception) -> int:
+    """Print an engine error; the exit code: EXIT_BAD_INPUT for a RequestError, else 1."""
+    from pipelines.errors import RequestError
+
+    print(f"error: {e}", file=sys.stderr)
+    return EXIT_BAD_INPUT if isinstance(e, RequestError) else 1
+
+
 def _lora_pairs(items: list[str]) -> dict[str, float]:
     from pipelines.errors import RequestError
 
@@ -191,81 +201,20 @@ def _lora_pairs(items: list[str]) -> dict[str, float]:
     return pairs
 
 
-def _open_image(field_name: str, path: Path | str | None, base: Path | None = None) -> Any:
-    """The image at `path` (relative to `base` when given), or None; a missing or
-    unreadable file is a RequestError naming the field."""
-    from PIL import Image, UnidentifiedImageError
-
-    from pipelines.errors import RequestError
-
-    if path is None:
-        return None
-    full = Path(path).expanduser()
-    if base is not None and not full.is_absolute():
-        full = base / full
-    if not full.is_file():
-        raise RequestError(field_name, f"no such file: {full}")
-    try:
-        image = Image.open(full)
-        image.load()
-    except (OSError, UnidentifiedImageError) as e:
-        raise RequestError(field_name, f"cannot read {full} as an image: {e}") from None
-    return image
-
-
-def default_controlnet(manager: Any, model: str | None) -> str:
-    """The first ControlNet of the model's family (the one --controlnet overrides)."""
-    from pipelines.errors import RequestError
-
-    family = manager.registry.resolve(model or manager.settings.default_model).family.name
-    lib = manager.controlnets
-    names = [n for n in lib.names() if lib.get(n).family == family]
-    if not names:
-        where = lib.controlnets_dir or "the controlnets folder (--controlnets-dir)"
-        raise RequestError("controlnet", f"no ControlNet for {family} models: put one into {where}")
-    return names[0]
-
-
 def _inputs_from_args(args: argparse.Namespace, manager: Any, model: str | None) -> Any:
     """(units, Inputs) from --init-image/--mask/--control-*; files checked before any work."""
     from pipelines.tasks import Inputs
 
-    inputs = Inputs(_open_image("init_image", args.init_image),
-                    _open_image("mask_image", args.mask))  # fmt: skip
+    inputs = Inputs(open_image("init_image", args.init_image),
+                    open_image("mask_image", args.mask))  # fmt: skip
     units = []
     if args.control_image is not None:
-        inputs.control_images.append(_open_image("control_image", args.control_image))
+        inputs.control_images.append(open_image("control_image", args.control_image))
         units.append({"model": args.controlnet or default_controlnet(manager, model),
                       "module": args.control_type, "weight": args.control_scale,
                       "guidance_start": args.control_start,
                       "guidance_end": args.control_end})  # fmt: skip
     return units, inputs
-
-
-def inputs_from_job(data: dict[str, Any], manager: Any, base: Path) -> Any:
-    """Take a job's image paths (init_image, mask_image, controlnets[k].image) out of
-    `data` and open them, relative to the jobs file's folder; returns Inputs."""
-    from pipelines.errors import RequestError
-    from pipelines.tasks import Inputs
-    from ui.form import typed_unit
-
-    inputs = Inputs(_open_image("init_image", data.pop("init_image", None), base),
-                    _open_image("mask_image", data.pop("mask_image", None), base))  # fmt: skip
-    units = data.get("controlnets") or []
-    if not isinstance(units, list):
-        raise RequestError("controlnets", "must be a list of units, each with an 'image' path")
-    data["controlnets"] = []
-    for i, unit in enumerate(units):
-        if not isinstance(unit, dict):
-            raise RequestError(f"controlnets[{i}]", "must be an object with an 'image' path")
-        unit = dict(unit)
-        if "image" not in unit:
-            raise RequestError(f"controlnets[{i}].image", "is required (a path)")
-        inputs.control_images.append(_open_image(f"controlnets[{i}].image", unit.pop("image"),
-                                                 base))  # fmt: skip
-        unit.setdefault("model", default_controlnet(manager, data.get("model")))
-        data["controlnets"].append(typed_unit(unit))
-    return inputs
 
 
 def _request_from_args(args: argparse.Namespace, manager: Any) -> Any:
@@ -275,9 +224,7 @@ def _request_from_args(args: argparse.Namespace, manager: Any) -> Any:
 
     if not args.prompt and args.prompt != "":
         raise RequestError("prompt", "is required (--prompt TEXT) unless --jobs is given")
-    model = args.model
-    if model and Path(model).expanduser().is_dir():
-        model = manager.registry.add(model)  # a local folder, trusted on the command line
+    model = _model_arg(manager, args.model)
     units, inputs = _inputs_from_args(args, manager, model)
     image_options = {k: v for k, v in (("strength", args.strength),
                                        ("mask_blur", args.mask_blur)) if v is not None}  # fmt: skip
@@ -300,24 +247,6 @@ def _request_from_args(args: argparse.Namespace, manager: Any) -> Any:
     return request, inputs
 
 
-def _run_one(
-    manager: Any, request: Any, out: Path | None, task_id: str | None, inputs: Any = None
-) -> dict:
-    from pipelines.outputs import check_task_id, save_result
-
-    check_task_id(task_id)  # before the work, not after it
-    result = manager.generate(request, inputs=inputs)
-    paths = save_result(result, out, task_id) if out else []
-    return {
-        "task_id": task_id,
-        "paths": [str(p) for p in paths],
-        "seeds": result.seeds,
-        "infotexts": result.infotexts,
-        "request": result.request.to_dict(),
-        "seconds": round(result.timings["total"], 3),
-    }
-
-
 def _out_dir(args: argparse.Namespace, values: dict) -> Path | None:
     if args.out:
         return args.out
@@ -325,7 +254,7 @@ def _out_dir(args: argparse.Namespace, values: dict) -> Path | None:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from pipelines.errors import AtelierError, RequestError
+    from pipelines.errors import AtelierError
 
     manager, values = build_manager(args)
     out = _out_dir(args, values)
@@ -333,13 +262,9 @@ def cmd_generate(args: argparse.Namespace) -> int:
         return run_jobs(manager, args.jobs, out)
     try:
         request, inputs = _request_from_args(args, manager)
-        report = _run_one(manager, request, out, args.task_id, inputs)
-    except RequestError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        report = run_one(manager, request, out, args.task_id, inputs)
     except AtelierError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return _print_error(e)
     if args.json:
         print(json.dumps(report, ensure_ascii=False))
     else:
@@ -357,36 +282,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     demo, assets = build_studio(manager, values["outputs_dir"], server["queue_size"])
     demo.launch(**launch_options(server), **assets)
     return 0
-
-
-def run_jobs(manager: Any, jobs_file: Path, out: Path | None) -> int:
-    """One JSON result line per job; a bad job is reported and the rest still run."""
-    from tqdm import tqdm
-
-    from pipelines.errors import AtelierError, RequestError
-    from pipelines.request import GenerationRequest
-
-    lines = [ln for ln in jobs_file.read_text().splitlines() if ln.strip()]
-    worst = 0
-    for n, line in enumerate(tqdm(lines, desc="jobs", unit="job", file=sys.stderr)):
-        task_id = None
-        try:
-            data = json.loads(line)
-            inputs = None
-            if isinstance(data, dict):
-                task_id = data.pop("task_id", None)
-                inputs = inputs_from_job(data, manager, jobs_file.parent)
-            report = {"job": n, "ok": True, **_run_one(
-                manager, GenerationRequest.from_dict(data), out, task_id, inputs)}  # fmt: skip
-        except (json.JSONDecodeError, RequestError) as e:
-            field = getattr(e, "field", "job")
-            report = {"job": n, "ok": False, "task_id": task_id, "field": field, "error": str(e)}
-            worst = max(worst, EXIT_BAD_INPUT)
-        except AtelierError as e:
-            report = {"job": n, "ok": False, "task_id": task_id, "error": str(e)}
-            worst = max(worst, 1)
-        print(json.dumps(report, ensure_ascii=False), flush=True)
-    return worst
 
 
 def main(argv: list[str] | None = None) -> int:
