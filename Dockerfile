@@ -46,7 +46,7 @@ RUN /opt/uv/bin/uv pip install --python /opt/venv/bin/python -r requirements.txt
 RUN useradd --create-home --uid 1000 atelier \
     && mkdir -p /data/models /data/loras /data/outputs /data/cache /data/hf \
     && chown -R atelier:atelier /data
-COPY --chown=atelier:atelier app.py cli_jobs.py ./
+COPY --chown=atelier:atelier app.py ./
 COPY --chown=atelier:atelier pipelines ./pipelines
 COPY --chown=atelier:atelier ui ./ui
 COPY --chown=atelier:atelier assets ./assets

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from cli_jobs import EXIT_BAD_INPUT, default_controlnet, open_image, run_jobs, run_one
+from ui.cli_jobs import EXIT_BAD_INPUT, default_controlnet, open_image, run_jobs, run_one
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -297,7 +297,7 @@ class PipelineManager:
             inputs, box = crop_inputs(req, whole)  # generate the box, paste it back below
         images: list[Image.Image] = []
         all_seeds: list[int] = []
-        with self._controlnets(slot, loaded, req) as controlnets, self._adapters(loaded, loras):
+        with self._controlnets(slot, loaded, req) as controlnets, self.lora_scope(loaded, loras):
             maps = [preprocess.run(u.module, inputs.control_images[i], req.width, req.height,
                                    self.settings.annotators_dir, u.low_threshold,
                                    u.high_threshold, req.seed)
@@ -311,9 +311,9 @@ class PipelineManager:
                     pipe = fresh_pipeline(loaded.pipeline, scheduler)
                 else:
                     pipe = build_task(loaded.pipeline, family.name, task, scheduler, controlnets)
-                callback = self.step_callback(
-                    family.name, call, req.batch_count, req.height, req.width, on_progress, cancel
-                )
+                callback = step_callback(family.name, call, req.batch_count, req.height,
+                                         req.width, on_progress, cancel,
+                                         self.settings.preview_every)  # fmt: skip
                 args = {**call_arguments(req, family.name, seeds),
                         **task_arguments(req, task, inputs, maps)}  # fmt: skip
                 if "width" not in inspect.signature(pipe.__call__).parameters:
@@ -342,7 +342,7 @@ class PipelineManager:
             yield models
 
     @contextmanager
-    def _adapters(
+    def lora_scope(
         self, loaded: LoadedModel, loras: list[tuple[LoraEntry, float]]
     ) -> Iterator[None]:
         """This request's LoRAs on the shared modules; deactivated before the slot frees."""
@@ -354,20 +354,6 @@ class PipelineManager:
             raise
         finally:
             loaded.adapters.deactivate()
-
-    def step_callback(
-        self,
-        family: str,
-        call: int,
-        calls: int,
-        height: int,
-        width: int,
-        on_progress: Callable[[ProgressEvent], None] | None,
-        cancel: CancelToken | None,
-    ) -> Callable[..., dict[str, Any]]:
-        """diffusers' callback_on_step_end: cancel, progress and previews."""
-        return step_callback(family, call, calls, height, width, on_progress, cancel,
-                             self.settings.preview_every)  # fmt: skip
 
     # -- queries -------------------------------------------------------------
     def wait_idle(self, timeout: float | None = None) -> bool:

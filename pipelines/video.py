@@ -28,6 +28,7 @@ from .errors import RequestError
 from .families import CFG_RANGE, FLOW_SHIFT_RANGE, FPS_RANGE, Family
 from .loading import compose, fresh_pipeline
 from .loras import check_family
+from .progress import step_callback
 from .request import (
     MAX_SEED,
     MAX_STEPS,
@@ -223,9 +224,9 @@ def run_video(
             and type(pipe).__name__ == "WanPipeline"
         ):
             pipe = _image_pipeline(pipe)  # TI2V-5B: same modules, the image-to-video class
-        callback = manager.step_callback(family.name, 0, 1, req.height, req.width, on_progress,
-                                         cancel)  # fmt: skip
-        with manager._adapters(loaded, loras):
+        callback = step_callback(family.name, 0, 1, req.height, req.width, on_progress, cancel,
+                                 manager.settings.preview_every)  # fmt: skip
+        with manager.lora_scope(loaded, loras):
             out = pipe(**call_arguments(req, family, image, end_image),
                        callback_on_step_end=callback,
                        callback_on_step_end_tensor_inputs=["latents"])  # fmt: skip
