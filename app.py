@@ -75,6 +75,12 @@ def add_image_arguments(gen: argparse.ArgumentParser) -> None:
     img.add_argument("--mask", type=Path, metavar="PATH",
                      help="inpaint: white = repaint; same size as --init-image")  # fmt: skip
     img.add_argument("--mask-blur", type=int, help="blur of the mask in pixels (4)")
+    img.add_argument(
+        "--inpaint-area",
+        choices=["whole", "masked"],
+        help="inpaint the whole picture (default) or only a crop around the mask",
+    )
+    img.add_argument("--inpaint-padding", type=int, help="pixels around the mask for 'masked' (32)")
     cn = gen.add_argument_group("ControlNet (one unit)")
     cn.add_argument("--control-image", type=Path, metavar="PATH", help="enables the unit")
     cn.add_argument("--control-type", default="none", metavar="NAME",
@@ -227,7 +233,10 @@ def _request_from_args(args: argparse.Namespace, manager: Any) -> Any:
     model = _model_arg(manager, args.model)
     units, inputs = _inputs_from_args(args, manager, model)
     image_options = {k: v for k, v in (("strength", args.strength),
-                                       ("mask_blur", args.mask_blur)) if v is not None}  # fmt: skip
+                                       ("mask_blur", args.mask_blur),
+                                       ("inpaint_area", args.inpaint_area),
+                                       ("inpaint_padding", args.inpaint_padding))
+                     if v is not None}  # fmt: skip
     request = GenerationRequest(
         prompt=args.prompt,
         negative_prompt=args.negative_prompt,

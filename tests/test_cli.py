@@ -113,3 +113,21 @@ def test_video_command_writes_mp4_and_json(cache_root, tmp_path):
     bad = app(cache_root, "video", "--prompt", "a wave", "--frames", "10", "--out", str(tmp_path))
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("error: num_frames: must be 4k+1")
+
+
+def test_generate_only_masked_inpaint_keeps_the_init_size(cache_root, tmp_path):
+    from PIL import ImageDraw
+
+    init, mask = tmp_path / "init.png", tmp_path / "mask.png"
+    Image.radial_gradient("L").resize((128, 96)).convert("RGB").save(init)
+    m = Image.new("L", (128, 96), 0)
+    ImageDraw.Draw(m).rectangle([40, 30, 59, 49], fill=255)
+    m.save(mask)
+    out = app(cache_root, "generate", "--prompt", "a", "--steps", "2", "--width", "64",
+              "--height", "64", "--seed", "1", "--init-image", str(init), "--mask", str(mask),
+              "--inpaint-area", "masked", "--inpaint-padding", "8", "--out", str(tmp_path / "o"),
+              "--json")  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    (path,) = json.loads(out.stdout)["paths"]
+    assert Image.open(path).size == (128, 96)
+    assert "Inpaint area: Only masked, Masked area padding: 8" in read_png_parameters(path)

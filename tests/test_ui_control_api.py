@@ -149,12 +149,14 @@ def test_png_info_restores_strength_mask_blur_and_units(client, manager, files):
     infotext = manager.generate(request, inputs=inputs).infotexts[0]
     out = client.predict(infotext, "tiny-sd", api_name="/send_to_generate")
     # The client returns the components' values (no Row, no Tabs): the form, 3 per LoRA row,
-    # then strength, mask blur and 8 per unit (every unit widget but its image).
-    per_unit = 8
-    assert len(out) == 11 + 3 * LORA_ROWS + 2 + per_unit * CONTROL_UNITS
+    # then strength, mask blur, inpaint area and padding, and 8 per unit (every unit
+    # widget but its image).
+    per_unit, image_fields = 8, 4
+    assert len(out) == 11 + 3 * LORA_ROWS + image_fields + per_unit * CONTROL_UNITS
     restored = out[11 + 3 * LORA_ROWS :]
-    assert list(restored[:2]) == [0.35, 6]
-    first, second = restored[2 : 2 + per_unit], restored[2 + per_unit : 2 + 2 * per_unit]
+    assert list(restored[:image_fields]) == [0.35, 6, "whole", 32]
+    units = restored[image_fields:]
+    first, second = units[:per_unit], units[per_unit : 2 * per_unit]
     assert first[2]["value"] == "tiny-sd-controlnet"
     assert [first[i] for i in (0, 1, 3, 4, 5, 6, 7)] == [True, "canny", 0.5, 0.2, 0.7, 40, 90]
     assert second[0] is False, "units beyond the infotext's are switched off"

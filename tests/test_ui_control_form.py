@@ -178,3 +178,12 @@ def test_api_images_from_paths(tmp_path):
     assert len(images.control_images) == 2 and images.control_images[1] is None
     assert api_images(None, None, str(path)).control_images[0].size == (64, 48)
     assert api_images(None, None, None).control_images == []
+
+
+def test_inpaint_area_and_padding_reach_the_request_and_come_back():
+    from ui.form import request_from_widgets, widgets_from_request
+
+    req = request_from_widgets({"prompt": "a", "inpaint_area": "masked", "inpaint_padding": 16.0})
+    assert (req.inpaint_area, req.inpaint_padding) == ("masked", 16)
+    values = widgets_from_request(req)
+    assert (values["inpaint_area"], values["inpaint_padding"]) == ("masked", 16)

@@ -50,6 +50,8 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
             "mask_blur": gr.Number(None, precision=None),
             "controlnets": gr.JSON(None),
             "control_images": gr.File(None, file_count="multiple", type="filepath"),
+            "inpaint_area": gr.Textbox(None),
+            "inpaint_padding": gr.Number(None, precision=None),
         }
         images = gr.File(file_count="multiple", label="images")
         infotext = gr.Textbox(label="infotext")
@@ -75,12 +77,16 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
             mask_blur: float | None = None,
             controlnets: Any = None,
             control_images: list[str] | None = None,
+            inpaint_area: str | None = None,
+            inpaint_padding: float | None = None,
         ) -> Iterator[tuple[Any, Any, Any]]:
             values = {"prompt": prompt, "negative_prompt": negative_prompt, "model": model,
                       "scheduler": scheduler, "steps": steps, "cfg": cfg, "seed": seed,
                       "width": width, "height": height, "batch_size": batch_size,
                       "batch_count": batch_count, "loras": loras, "strength": strength,
-                      "mask_blur": mask_blur, "controlnets": controlnets}  # fmt: skip
+                      "mask_blur": mask_blur, "controlnets": controlnets,
+                      "inpaint_area": inpaint_area,
+                      "inpaint_padding": inpaint_padding}  # fmt: skip
             from pipelines import CancelToken
 
             cancel = CancelToken()

@@ -46,6 +46,8 @@ FIELDS = {
     "loras": "loras",
     "strength": "strength",
     "mask_blur": "mask_blur",
+    "inpaint_area": "inpaint_area",
+    "inpaint_padding": "inpaint_padding",
     "controlnets": "controlnets",
 }
 # The Image to image / Inpaint area's modes (a radio: an image lying in the editor
@@ -124,6 +126,10 @@ def request_from_widgets(values: Mapping[str, Any]) -> GenerationRequest:
         kwargs["strength"] = values["strength"]
     if not _blank(values.get("mask_blur")):
         kwargs["mask_blur"] = _whole("mask_blur", values["mask_blur"])
+    if not _blank(values.get("inpaint_area")):
+        kwargs["inpaint_area"] = values["inpaint_area"]
+    if not _blank(values.get("inpaint_padding")):
+        kwargs["inpaint_padding"] = _whole("inpaint_padding", values["inpaint_padding"])
     kwargs["controlnets"] = parse_controlnets(values.get("controlnets"))
     return GenerationRequest(**kwargs)
 
@@ -305,6 +311,8 @@ def widgets_from_request(req: GenerationRequest) -> dict[str, Any]:
         "loras": dict(req.loras),
         "strength": req.strength,
         "mask_blur": req.mask_blur,
+        "inpaint_area": req.inpaint_area,
+        "inpaint_padding": req.inpaint_padding,
         "controlnets": [asdict(u) for u in req.controlnets],  # each one an enabled UI unit
     }
 

@@ -28,19 +28,23 @@ class Img2ImgPanel:
     mask_upload: gr.Image
     strength: gr.Slider
     mask_blur: gr.Slider
+    inpaint_area: gr.Radio
+    inpaint_padding: gr.Slider
     from_gallery: gr.Button
 
     def by_field(self) -> dict[str, Any]:
         """ui.form.studio_form's names -> component."""
         return {"image_mode": self.mode, "init_editor": self.editor,
                 "mask_upload": self.mask_upload, "strength": self.strength,
-                "mask_blur": self.mask_blur}  # fmt: skip
+                "mask_blur": self.mask_blur, "inpaint_area": self.inpaint_area,
+                "inpaint_padding": self.inpaint_padding}  # fmt: skip
 
     def restore_outputs(self) -> list[Any]:
-        return [self.strength, self.mask_blur]
+        return [self.strength, self.mask_blur, self.inpaint_area, self.inpaint_padding]
 
     def restore(self, values: dict[str, Any]) -> list[Any]:
-        return [values["strength"], values["mask_blur"]]
+        return [values["strength"], values["mask_blur"], values["inpaint_area"],
+                values["inpaint_padding"]]  # fmt: skip
 
 
 def request_default(name: str) -> Any:
@@ -80,7 +84,16 @@ def build_img2img_panel(selected: gr.State) -> Img2ImgPanel:
                              label="Denoising strength", elem_id="atelier-strength")  # fmt: skip
         mask_blur = gr.Slider(0, 64, value=request_default("mask_blur"), step=1,
                               label="Mask blur", elem_id="atelier-mask-blur")  # fmt: skip
-    panel = Img2ImgPanel(mode, editor, mask_upload, strength, mask_blur, from_gallery)
+    with gr.Row():
+        # A1111's "Only masked": repaint a crop around the mask at full resolution.
+        area = gr.Radio([("Whole picture", "whole"), ("Only masked", "masked")],
+                        value=request_default("inpaint_area"), label="Inpaint area",
+                        elem_id="atelier-inpaint-area")  # fmt: skip
+        padding = gr.Slider(0, 256, value=request_default("inpaint_padding"), step=4,
+                            label="Only masked padding (px)",
+                            elem_id="atelier-inpaint-padding")  # fmt: skip
+    panel = Img2ImgPanel(mode, editor, mask_upload, strength, mask_blur, area, padding,
+                         from_gallery)  # fmt: skip
     from_gallery.click(use_image, [selected, mode], [editor, mode], api_name="use_selected",
                        api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
     editor.upload(lambda m: "img2img" if m == "off" else m, mode, mode,
