@@ -113,6 +113,12 @@ def add_video_parser(sub: Any) -> None:
     vid.add_argument("--scheduler", help='e.g. "UniPC", "Flow Euler"')
     vid.add_argument("--seed", type=int, default=-1)
     vid.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT")
+    vid.add_argument(
+        "--lora-experts",
+        default="both",
+        choices=["both", "high", "low"],
+        help="Wan 2.2 A14B: LoRAs into both experts, or the high/low-noise one",
+    )
     vid.add_argument("--out", type=Path, help="folder for the file (default: outputs dir)")
     vid.add_argument("--format", default="mp4", choices=["mp4", "webp", "gif", "frames"])
     vid.add_argument("--json", action="store_true", help="print a JSON object")
@@ -141,7 +147,7 @@ def cmd_video(args: argparse.Namespace) -> int:
             scheduler=args.scheduler, num_frames=args.frames, fps=args.fps, width=args.width,
             height=args.height, num_inference_steps=args.steps, guidance_scale=args.cfg,
             guidance_scale_2=args.cfg2, flow_shift=args.flow_shift, seed=args.seed,
-            loras=_lora_pairs(args.lora),
+            loras=_lora_pairs(args.lora), lora_experts=args.lora_experts,
         )  # fmt: skip
         result = manager.generate_video(req, **images)
         path, sidecar = save_video(result.frames, out, result.request.fps, result.parameters,

@@ -88,10 +88,21 @@ class AdapterSet:
         self._layers: list[Any] | None = None  # every peft LoRA layer; reset on load/delete
 
     # -- loading ------------------------------------------------------------
-    def _load(self, lora: LoraEntry, adapter: str, hotswap: bool = False) -> None:
+    def _load(
+        self, lora: LoraEntry, adapter: str, hotswap: bool = False, experts: str = "both"
+    ) -> None:
+        """Load a file as `adapter`. On a two-expert Wan model, `experts` says where:
+        "high" (transformer), "low" (transformer_2) or "both"."""
+        two = getattr(self.pipe, "transformer_2", None) is not None
         try:
             with LOAD_LOCK:
-                self.pipe.load_lora_weights(str(lora.path), adapter_name=adapter, hotswap=hotswap)
+                path = str(lora.path)
+                if not two or experts in ("both", "high"):
+                    self.pipe.load_lora_weights(path, adapter_name=adapter, hotswap=hotswap)
+                if two and experts in ("both", "low"):
+                    self.pipe.load_lora_weights(
+                        path, adapter_name=adapter, hotswap=hotswap, load_into_transformer_2=True
+                    )
         except Exception as e:
             # A failed plain load may leave partial layers; a failed hotswap has
             # already deleted the adapter in peft. Either way: nothing stays.
@@ -119,18 +130,23 @@ class AdapterSet:
             del self.resident[key]
             log.info("evicted LoRA adapter %s", rec.adapter)
 
-    def _ensure_switch(self, loras: Sequence[tuple[LoraEntry, float]]) -> list[str]:
-        names = []
+    def _ensure_switch(
+        self, loras: Sequence[tuple[LoraEntry, float]], experts: str = "both"
+    ) -> list[str]:
+        names, keep = [], set()
         for lora, _ in loras:
-            sha = lora.sha256
-            rec = self.resident.get(sha)
+            key = lora.sha256 if experts == "both" else f"{lora.sha256}:{experts}"
+            rec = self.resident.get(key)
             if rec is None:
-                rec = Resident(f"lora_{sha[:16]}", sha, lora.path.stat().st_size, 0.0)
-                self._load(lora, rec.adapter)
-                self.resident[sha] = rec
+                suffix = "" if experts == "both" else f"_{experts}"
+                rec = Resident(f"lora_{lora.sha256[:16]}{suffix}", lora.sha256,
+                               lora.path.stat().st_size, 0.0)  # fmt: skip
+                self._load(lora, rec.adapter, experts=experts)
+                self.resident[key] = rec
             rec.last_used = time.monotonic()
             names.append(rec.adapter)
-        self._evict_for({lora.sha256 for lora, _ in loras})
+            keep.add(key)
+        self._evict_for(keep)
         return names
 
     def _ensure_hotswap(self, loras: Sequence[tuple[LoraEntry, float]]) -> list[str]:
@@ -197,9 +213,10 @@ class AdapterSet:
         self._fused_key = None
 
     # -- the request's view -------------------------------------------------
-    def activate(self, loras: Sequence[tuple[LoraEntry, float]]) -> None:
-        """Make exactly these LoRAs, at these weights, active on the shared modules."""
-        key = tuple((lora.sha256, float(w)) for lora, w in loras)
+    def activate(self, loras: Sequence[tuple[LoraEntry, float]], experts: str = "both") -> None:
+        """Make exactly these LoRAs, at these weights, active on the shared modules
+        (on a two-expert Wan model: in the `experts` "both", "high" or "low")."""
+        key = (experts, *((lora.sha256, float(w)) for lora, w in loras))
         if self._fused_key is not None and self._fused_key != key:
             self._unfuse_exactly()
         if not loras:
@@ -208,7 +225,7 @@ class AdapterSet:
         if self.mode == "hotswap":
             names = self._ensure_hotswap(loras)
         else:
-            names = self._ensure_switch(loras)
+            names = self._ensure_switch(loras, experts)
         if self._fused_key == key:
             return  # already fused with this very set
         self.pipe.set_adapters(names, [float(w) for _, w in loras])

@@ -343,11 +343,11 @@ class PipelineManager:
 
     @contextmanager
     def lora_scope(
-        self, loaded: LoadedModel, loras: list[tuple[LoraEntry, float]]
+        self, loaded: LoadedModel, loras: list[tuple[LoraEntry, float]], experts: str = "both"
     ) -> Iterator[None]:
         """This request's LoRAs on the shared modules; deactivated before the slot frees."""
         try:
-            loaded.adapters.activate(loras)
+            loaded.adapters.activate(loras, experts)
             yield
         except BaseException:
             loaded.adapters.clean()

@@ -62,6 +62,7 @@ class VideoRequest:
     guidance_scale: float | None = None
     guidance_scale_2: float | None = None  # Wan 2.2 A14B: CFG of the low-noise expert
     flow_shift: float | None = None  # None = the model's own
+    lora_experts: str = "both"  # Wan 2.2 A14B: LoRAs into "both" experts, "high" or "low"
     seed: int = -1
     loras: tuple[tuple[str, float], ...] = field(default_factory=tuple)
 
@@ -158,6 +159,11 @@ def validate(req: VideoRequest, family: Family, has_image: bool) -> None:
     for name, weight in req.loras:
         check_name("loras", name, "LoRA")
         _number(f"loras[{name}]", weight, -2.0, 2.0)
+    if req.lora_experts not in ("both", "high", "low"):
+        rule = f"must be 'both', 'high' or 'low', got {req.lora_experts!r}"
+        raise RequestError("lora_experts", rule)
+    if req.lora_experts != "both" and family.experts != 2:
+        raise RequestError("lora_experts", f"{family.label} models have one expert; use 'both'")
 
 
 def call_arguments(req: VideoRequest, family: Family, image: Image.Image | None,
@@ -226,7 +232,7 @@ def run_video(
             pipe = _image_pipeline(pipe)  # TI2V-5B: same modules, the image-to-video class
         callback = step_callback(family.name, 0, 1, req.height, req.width, on_progress, cancel,
                                  manager.settings.preview_every)  # fmt: skip
-        with manager.lora_scope(loaded, loras):
+        with manager.lora_scope(loaded, loras, req.lora_experts):
             out = pipe(**call_arguments(req, family, image, end_image),
                        callback_on_step_end=callback,
                        callback_on_step_end_tensor_inputs=["latents"])  # fmt: skip

@@ -189,3 +189,15 @@ def test_readme_video_example_runs_as_printed(server: Any, capsys: Any) -> None:
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "Seed: 42" in out and ".mp4" in out and ".json" in out, out
+
+
+def test_lora_experts_reach_the_request_only_for_two_expert_models():
+    from pipelines.families import FAMILIES
+    from ui.video_form import for_family, video_request_from_widgets
+
+    values = {"prompt": "a", "loras": '{"x": 1}', "lora_experts": "low"}
+    assert video_request_from_widgets(values).lora_experts == "low"
+    two, _, _ = for_family(values, None, None, FAMILIES["wan22"])
+    one, _, _ = for_family(values, None, None, FAMILIES["wan21"])
+    assert video_request_from_widgets(two).lora_experts == "low"
+    assert video_request_from_widgets(one).lora_experts == "both"

@@ -151,3 +151,55 @@ def test_end_image_only_where_the_family_takes_one(vm):
     # Wan 2.1 I2V encodes one image; first-last-frame needs the FLF2V model.
     with pytest.raises(RequestError, match="end_image: Wan 2.1 I2V models take no end image"):
         vm.generate_video(VideoRequest(**BASE, model="tiny-wan-i2v"), image=blue, end_image=blue)
+
+
+@pytest.fixture(scope="module")
+def wan_lora(cache_root, tmp_path_factory):
+    """A rank-4 attention LoRA for the tiny Wan transformers (same layout in both)."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    folder = tmp_path_factory.mktemp("wan-loras")
+    wan = diffusers.DiffusionPipeline.from_pretrained(
+        str(builtin.ensure_model("tiny-wan", cache_root))
+    )
+    torch.manual_seed(7)
+    wan.transformer.add_adapter(LoraConfig(r=4, lora_alpha=4, init_lora_weights=False,
+                                           target_modules=["to_q", "to_k", "to_v"]))  # fmt: skip
+    state = {f"transformer.{k}": v.contiguous()
+             for k, v in get_peft_model_state_dict(wan.transformer).items()}  # fmt: skip
+    save_file(state, str(folder / "wan-style.safetensors"))
+    return folder
+
+
+def test_wan_loras_equal_diffusers_and_go_into_one_or_both_experts(cache_root, wan_lora):
+    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=wan_lora))
+    lora = {"wan-style": 1.0}
+    ours = m.generate_video(VideoRequest(**BASE, guidance_scale=5.0, loras=lora)).frames
+    pipe = diffusers.DiffusionPipeline.from_pretrained(
+        str(builtin.ensure_model("tiny-wan", cache_root))
+    )
+    pipe.load_lora_weights(str(wan_lora / "wan-style.safetensors"), adapter_name="w")
+    pipe.set_adapters(["w"], [1.0])
+    theirs = pipe(prompt=BASE["prompt"], num_frames=9, width=64, height=32,
+                  num_inference_steps=3, guidance_scale=5.0, output_type="np",
+                  generator=torch.Generator("cpu").manual_seed(21)).frames[0]  # fmt: skip
+    assert np.array_equal(ours, theirs)
+
+    two = dict(**BASE, model="tiny-wan22", loras=lora)
+    runs = {e: m.generate_video(VideoRequest(**two, lora_experts=e)).frames
+            for e in ("both", "high", "low")}  # fmt: skip
+    plain = m.generate_video(VideoRequest(**{**two, "loras": {}})).frames
+    slot = m.slots[0]
+    p22 = slot.cache.get(
+        next(k for k in slot.cache.names() if k.startswith("tiny-wan22@"))
+    ).pipeline
+    adapters = p22.get_list_adapters()
+    assert any(a.endswith("_high") for a in adapters["transformer"])
+    assert not any(a.endswith("_high") for a in adapters["transformer_2"])
+    assert any(a.endswith("_low") for a in adapters["transformer_2"])
+    frames = [runs["both"], runs["high"], runs["low"], plain]
+    assert all(not np.array_equal(a, b) for i, a in enumerate(frames) for b in frames[i + 1 :])
+    with pytest.raises(RequestError, match="lora_experts: Wan 2.1 T2V models have one expert"):
+        m.generate_video(VideoRequest(**BASE, loras=lora, lora_experts="low"))

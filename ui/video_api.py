@@ -40,6 +40,7 @@ def add_video_api(ctx: StudioContext) -> None:
             gr.Image(None, type="pil"),  # image
             gr.Image(None, type="pil"),  # end_image
             gr.Textbox(DEFAULT_FORMAT),  # format
+            gr.Textbox("both"),  # lora_experts
         ]
         video = gr.File(label="video")
         parameters = gr.File(label="parameters")
@@ -64,11 +65,13 @@ def add_video_api(ctx: StudioContext) -> None:
             image: Image.Image | None = None,
             end_image: Image.Image | None = None,
             format: str = DEFAULT_FORMAT,  # noqa: A002 (the API's keyword, as the CLI's --format)
+            lora_experts: str = "both",
         ) -> Iterator[tuple[Any, Any, Any]]:
             values = {"prompt": prompt, "negative_prompt": negative_prompt, "model": model,
                       "scheduler": scheduler, "frames": frames, "fps": fps, "width": width,
                       "height": height, "steps": steps, "cfg": cfg, "cfg2": cfg2,
-                      "flow_shift": flow_shift, "seed": seed, "loras": loras}  # fmt: skip
+                      "flow_shift": flow_shift, "seed": seed, "loras": loras,
+                      "lora_experts": lora_experts}  # fmt: skip
             from pipelines import CancelToken
 
             cancel = CancelToken()

@@ -39,6 +39,7 @@ VIDEO_FIELDS = {
     "flow_shift": "flow_shift",
     "seed": "seed",
     "loras": "loras",
+    "lora_experts": "lora_experts",
 }
 DEFAULT_FORMAT = "mp4"
 FRAMES_STEP = 4  # num_frames = 4k + 1
@@ -127,6 +128,7 @@ def for_family(
         out["flow_shift"] = None
     if family.experts != 2:
         out["cfg2"] = None
+        out["lora_experts"] = None  # one expert: the choice does not apply
     if family.start_image == "none":
         image = None
     if not family.end_image:
@@ -171,6 +173,9 @@ def video_request_from_widgets(values: Mapping[str, Any]) -> VideoRequest:
     seed = values.get("seed")
     kwargs["seed"] = -1 if _blank(seed) else _whole(seed)
     kwargs["loras"] = parse_loras(values.get("loras"))
+    experts = values.get("lora_experts")
+    if not _blank(experts):
+        kwargs["lora_experts"] = experts
     return VideoRequest(**kwargs)
 
 

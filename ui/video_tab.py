@@ -126,8 +126,12 @@ def build_video_tab(ctx: StudioContext) -> VideoTab:
                                             elem_id="atelier-video-random")  # fmt: skip
                     reuse_seed = gr.Button("Reuse last", scale=0, min_width=90,
                                            elem_id="atelier-video-reuse")  # fmt: skip
-                loras = gr.Textbox(label="LoRAs", placeholder=LORA_HINT,
-                                   elem_id="atelier-video-loras")  # fmt: skip
+                with gr.Row():
+                    loras = gr.Textbox(label="LoRAs", placeholder=LORA_HINT, scale=3,
+                                       elem_id="atelier-video-loras")  # fmt: skip
+                    lora_experts = gr.Radio(["both", "high", "low"], value="both", scale=2,
+                                            label="LoRAs into experts (Wan 2.2 A14B)",
+                                            elem_id="atelier-video-lora-experts")  # fmt: skip
                 fmt = gr.Radio(list(FORMATS), value=DEFAULT_FORMAT, label="File format",
                                elem_id="atelier-video-format")  # fmt: skip
             with gr.Column(scale=6):
@@ -155,7 +159,8 @@ def build_video_tab(ctx: StudioContext) -> VideoTab:
         widgets = {"prompt": prompt, "negative_prompt": negative, "model": model,
                    "scheduler": scheduler, "frames": frames, "fps": fps, "width": width,
                    "height": height, "steps": steps, "cfg": cfg, "cfg2": cfg2,
-                   "flow_shift": flow_shift, "seed": seed, "loras": loras}  # fmt: skip
+                   "flow_shift": flow_shift, "seed": seed, "loras": loras,
+                   "lora_experts": lora_experts}  # fmt: skip
         by_component = {c: name for name, c in widgets.items()}
 
         def generate(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> Iterator[dict]:  # noqa: B008
