@@ -45,6 +45,26 @@ ALIASES = {
 }
 
 
+def fields_of(
+    cls: type, data: Any, where: str, aliases: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """`data` (a JSON object) as keyword arguments of dataclass `cls`; an unknown key
+    is a RequestError naming it (and `where` it was) with the known ones."""
+    if not isinstance(data, Mapping):
+        raise RequestError(where, "must be a JSON object")
+    aliases = aliases or {}
+    known = {f.name for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = aliases.get(key, key)
+        if name not in known:
+            valid = ", ".join(sorted(known | set(aliases)))
+            at = str(key) if where == "request" else where
+            raise RequestError(at, f"unknown field; known fields: {valid}")
+        kwargs[name] = value
+    return kwargs
+
+
 @dataclass(frozen=True)
 class ControlUnit:
     """One ControlNet unit, as A1111's ControlNet extension names its fields."""
@@ -63,14 +83,10 @@ class ControlUnit:
             return value
         if not isinstance(value, Mapping):
             raise RequestError(f"controlnets[{i}]", "must be an object with at least 'model'")
-        known = {f.name for f in fields(cls)}
-        unknown = set(value) - known
-        if unknown:
-            rule = f"unknown field(s) {sorted(unknown)}; known: {', '.join(sorted(known))}"
-            raise RequestError(f"controlnets[{i}]", rule)
-        if "model" not in value:
+        kwargs = fields_of(cls, value, f"controlnets[{i}]")
+        if "model" not in kwargs:
             raise RequestError(f"controlnets[{i}].model", "is required")
-        return cls(**value)
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -125,16 +141,7 @@ class GenerationRequest:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> GenerationRequest:
-        if not isinstance(data, Mapping):
-            raise RequestError("request", "must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        kwargs: dict[str, Any] = {}
-        for key, value in data.items():
-            name = ALIASES.get(key, key)
-            if name not in known:
-                valid = ", ".join(sorted(known | set(ALIASES)))
-                raise RequestError(str(key), f"unknown field; known fields: {valid}")
-            kwargs[name] = value
+        kwargs = fields_of(cls, data, "request", ALIASES)
         if "prompt" not in kwargs:
             raise RequestError("prompt", "is required")
         return cls(**kwargs)

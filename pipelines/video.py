@@ -17,7 +17,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -37,6 +37,7 @@ from .request import (
     _text,
     check_name,
     check_size,
+    fields_of,
     split_lora_tags,
 )
 from .schedulers import build_scheduler, get_spec
@@ -77,16 +78,9 @@ class VideoRequest:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> VideoRequest:
-        known = {f.name for f in fields(cls)}
         aliases = {"steps": "num_inference_steps", "cfg": "guidance_scale",
                    "cfg2": "guidance_scale_2", "frames": "num_frames"}  # fmt: skip
-        kwargs = {}
-        for key, value in data.items():
-            name = aliases.get(key, key)
-            if name not in known:
-                raise RequestError(key, f"unknown field; known fields: {', '.join(sorted(known))}")
-            kwargs[name] = value
-        return cls(**kwargs)
+        return cls(**fields_of(cls, data, "request", aliases))
 
 
 @dataclass
