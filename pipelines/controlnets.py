@@ -57,32 +57,32 @@ class ControlNetLibrary:
         self.cache_root = cache_root
         self.allow_hub = allow_hub
 
-    def _folders(self) -> dict[str, Path]:
-        found = {builtin.TINY_CONTROLNET: builtin.ensure_controlnet(self.cache_root)}
+    def _user_folders(self) -> dict[str, Path]:
+        """ControlNet folders in the controlnets folder, by name (the built-in excluded)."""
+        found: dict[str, Path] = {}
         if self.controlnets_dir and self.controlnets_dir.is_dir():
             for child in sorted(self.controlnets_dir.iterdir()):
-                if (child / "config.json").is_file() and child.name not in found:
+                if (child / "config.json").is_file() and child.name != builtin.TINY_CONTROLNET:
                     found[child.name] = child
         return found
 
     def names(self, family: str | None = None) -> list[str]:
         """ControlNet names (of one family), without building or loading anything."""
         found = {builtin.TINY_CONTROLNET: "sd15"}
-        if self.controlnets_dir and self.controlnets_dir.is_dir():
-            for child in sorted(self.controlnets_dir.iterdir()):
-                if (child / "config.json").is_file() and child.name not in found:
-                    found[child.name] = family_of(child)
+        found.update((n, family_of(p)) for n, p in self._user_folders().items())
         return [n for n, f in found.items() if family is None or f == family]
 
     def get(self, name: str, field_name: str = "controlnets") -> ControlNetEntry:
         check_name(field_name, name, "ControlNet")
-        folders = self._folders()
+        folders = self._user_folders()
+        if name == builtin.TINY_CONTROLNET:
+            folders[name] = builtin.ensure_controlnet(self.cache_root)  # built only when used
         if name in folders:
             return ControlNetEntry(name, folders[name], family_of(folders[name]))
         if "/" in name and self.allow_hub:
             path = snapshot_of(name)
             return ControlNetEntry(name, path, family_of(path))
-        valid = ", ".join(folders)
+        valid = ", ".join([builtin.TINY_CONTROLNET, *folders])
         raise RequestError(field_name, f"unknown ControlNet '{name}'; available: {valid}")
 
 

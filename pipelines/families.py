@@ -61,7 +61,6 @@ FAMILIES: dict[str, Family] = {
 FPS_RANGE = (1, 60)
 CFG_RANGE = (0.0, 30.0)
 FLOW_SHIFT_RANGE = (0.1, 30.0)
-VIDEO_FAMILIES = tuple(name for name, f in FAMILIES.items() if f.kind == "video")
 
 
 def family_from_model_index(index: dict) -> Family:

@@ -361,13 +361,6 @@ class PipelineManager:
         with self._cond:
             return self._cond.wait_for(lambda: not any(s.busy for s in self.slots), timeout)
 
-    def slot_summary(self) -> list[dict[str, Any]]:
-        return [
-            {"slot": s.name, "device": str(s.device), "busy": s.busy, "models": s.cache.names(),
-             "bytes": s.cache.total_bytes(), "loads": s.loads}
-            for s in self.slots
-        ]  # fmt: skip
-
 
 def call_arguments(req: GenerationRequest, family: str, seeds: list[int]) -> dict[str, Any]:
     """The diffusers __call__ arguments of one call (shared with the parity tests)."""
