@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--jobs", type=Path, help="JSON-lines file of requests, one per line")
     gen.add_argument("--json", action="store_true", help="print a JSON object per request")
     add_video_parser(sub)
+    conv = sub.add_parser("convert", help="rewrite a pickled .ckpt/.pt/.bin/.pth as .safetensors")
+    conv.add_argument("file", type=Path, help="the pickled checkpoint (loaded weights-only)")
+    conv.add_argument("--out", type=Path, help="output file (default: FILE with .safetensors)")
     return parser
 
 
@@ -163,12 +166,14 @@ def cmd_video(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_manager(args: argparse.Namespace) -> Any:
+def build_manager(args: argparse.Namespace, server: dict[str, Any] | None = None) -> Any:
+    """The engine from the engine settings (and a server's admission limits, if any)."""
     from pipelines.manager import PipelineManager
     from pipelines.settings import ENGINE_SETTINGS, engine_settings, resolve
 
     values = resolve(ENGINE_SETTINGS, args)
-    return PipelineManager(engine_settings(values)), values
+    limits = {k: server[k] for k in ("queue_size", "max_jobs_per_user")} if server else {}
+    return PipelineManager(engine_settings({**values, **limits})), values
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -292,10 +297,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ui.settings import launch_options, server_values
     from ui.studio import build_studio
 
-    manager, values = build_manager(args)
     server = server_values(args)
-    demo, assets = build_studio(manager, values["outputs_dir"], server["queue_size"])
+    manager, values = build_manager(args, server)
+    demo, assets = build_studio(manager, values["outputs_dir"])
     demo.launch(**launch_options(server), **assets)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Pickle -> .safetensors with torch.load(weights_only=True); refuses what needs more."""
+    from pipelines.errors import AtelierError
+    from pipelines.singlefile import convert_pickle
+
+    try:
+        done = convert_pickle(args.file, args.out)
+    except AtelierError as e:
+        return _print_error(e)
+    if done.dropped:
+        print(f"left out (not tensors): {', '.join(done.dropped)}", file=sys.stderr)
+    print(done.out)
     return 0
 
 
@@ -309,6 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         return cmd_generate(args)
     if args.command == "video":
         return cmd_video(args)
+    if args.command == "convert":
+        return cmd_convert(args)
     return cmd_serve(args)  # no subcommand, or "serve"
 
 

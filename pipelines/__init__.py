@@ -6,6 +6,10 @@ the CLI, the UI and any API in the same way.
     result = manager.generate(GenerationRequest(prompt="a red fox", seed=1))
     result.images[0].save("fox.png")
 
+    job = manager.submit(ImageJob(GenerationRequest(prompt="a red fox")))  # the job API
+    for event in job.events():
+        print(event.kind, event.step, event.total, event.eta)
+
 Names are imported lazily, so `import pipelines.infotext` (say) does not pull
 in torch and diffusers.
 """
@@ -21,11 +25,17 @@ _EXPORTS = {
     "ModelUnavailableError": "errors",
     "RequestError": "errors",
     "CancelToken": "progress",
-    "EngineSettings": "manager",
-    "GenerationResult": "manager",
+    "EngineSettings": "core",
+    "GenerationResult": "image_job",
+    "ImageJob": "image_job",
+    "Job": "jobs",
+    "JobEvent": "jobs",
+    "LimitError": "errors",
     "PipelineManager": "manager",
     "ProgressEvent": "progress",
     "GenerationRequest": "request",
+    "VideoJob": "video",
+    "VideoRequest": "video",
 }
 __all__ = sorted(_EXPORTS)
 

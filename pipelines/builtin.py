@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from .seeding import seeded
+
 BUILDER_VERSION = "atelier-builtin-2"
 MARKER = ".atelier-complete"
 
@@ -52,7 +54,8 @@ LORA_METADATA = {
     "modelspec.trigger_phrase": "tinystyle",
 }
 
-# Scheduler configs as the real repos ship them (SD 1.5, SDXL base, FLUX.1-dev, Wan 2.1 480p).
+# Scheduler configs as the real repos ship them (SD 1.5, SDXL base, FLUX.1-dev; Wan 2.1
+# 480p is in builtin_video.py).
 SD15_SCHEDULER = {
     "beta_start": 0.00085,
     "beta_end": 0.012,
@@ -72,12 +75,6 @@ FLUX_SCHEDULER = {
     "max_shift": 1.15,
     "base_image_seq_len": 256,
     "max_image_seq_len": 4096,
-}
-WAN_SCHEDULER = {
-    "num_train_timesteps": 1000,
-    "prediction_type": "flow_prediction",
-    "use_flow_sigmas": True,
-    "flow_shift": 3.0,
 }
 
 
@@ -173,14 +170,6 @@ def _quiet_saving() -> Iterator[None]:
             hf_logging.enable_progress_bar()
 
 
-@contextmanager
-def _seeded(seed: int) -> Iterator[None]:
-    """Seed torch's global CPU RNG for one component, then restore the caller's state."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
 # ---------------------------------------------------------------- components
 
 
@@ -190,7 +179,7 @@ def _clip_text(seed: int, projection: bool = False, act: str = "quick_gelu") -> 
     from .tiny_tokenizers import clip_text_config
 
     cls = CLIPTextModelWithProjection if projection else CLIPTextModel
-    with _seeded(seed):
+    with seeded(seed):
         return cls(clip_text_config(hidden_act=act)).eval()
 
 
@@ -198,7 +187,7 @@ def _sd_vae(seed: int, latent_channels: int = 4, **extra: object) -> torch.nn.Mo
     """AutoencoderKL with four blocks, so vae_scale_factor is 8 as in the real models."""
     from diffusers import AutoencoderKL
 
-    with _seeded(seed):
+    with seeded(seed):
         return AutoencoderKL(
             in_channels=3,
             out_channels=3,
@@ -216,7 +205,7 @@ def _sd_vae(seed: int, latent_channels: int = 4, **extra: object) -> torch.nn.Mo
 def _sd_unet(seed: int = 0) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
-    with _seeded(seed):
+    with seeded(seed):
         return UNet2DConditionModel(
             sample_size=8,  # 8 latents * vae factor 8 = a 64 px default size
             in_channels=4,
@@ -234,7 +223,7 @@ def _sd_unet(seed: int = 0) -> torch.nn.Module:
 def _sdxl_unet(seed: int = 0) -> torch.nn.Module:
     from diffusers import UNet2DConditionModel
 
-    with _seeded(seed):
+    with seeded(seed):
         return UNet2DConditionModel(
             sample_size=8,
             in_channels=4,
@@ -299,7 +288,7 @@ def _build_flux(folder: Path) -> None:
 
     from .tiny_tokenizers import clip_tokenizer, t5_config_kwargs, t5_tokenizer
 
-    with _seeded(0):
+    with seeded(0):
         transformer = FluxTransformer2DModel(
             patch_size=1,
             in_channels=16,  # 4 latent channels packed 2x2
@@ -312,7 +301,7 @@ def _build_flux(folder: Path) -> None:
             guidance_embeds=True,  # guidance-distilled, like FLUX.1-dev
             axes_dims_rope=(4, 4, 8),  # sums to attention_head_dim
         ).eval()
-    with _seeded(0):
+    with seeded(0):
         t5 = T5EncoderModel(T5Config(**t5_config_kwargs())).eval()
     vae = _sd_vae(
         0,
@@ -338,7 +327,7 @@ def _build_controlnet(folder: Path) -> None:
     from diffusers import ControlNetModel
 
     unet = _sd_unet(0)
-    with _seeded(0):  # the hint encoder is new, hence random: seed it too
+    with seeded(0):  # the hint encoder is new, hence random: seed it too
         controlnet = ControlNetModel.from_unet(
             unet, conditioning_embedding_out_channels=(8, 8, 16, 16)
         )
@@ -347,7 +336,7 @@ def _build_controlnet(folder: Path) -> None:
         *controlnet.controlnet_down_blocks,
         controlnet.controlnet_mid_block,
     ]
-    with _seeded(2):
+    with seeded(2):
         for conv in zero_convs:
             conv.reset_parameters()
     controlnet.eval().save_pretrained(folder)
@@ -370,7 +359,7 @@ def _build_lora(folder: Path) -> None:
         target_modules=["to_q", "to_k", "to_v", "to_out.0"],
         init_lora_weights=False,
     )
-    with _seeded(3):
+    with seeded(3):
         unet.add_adapter(config)
     StableDiffusionPipeline.save_lora_weights(
         folder, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=LORA_FILE
@@ -394,7 +383,7 @@ def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
 
 
 def _video() -> Any:
-    from . import builtin_video  # the Wan builders; imported late (it imports this module)
+    from . import builtin_video  # the Wan builders; imported late (they import diffusers' Wan)
 
     return builtin_video
 

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import torch
 
-from .builtin import WAN_SCHEDULER, _seeded
+from .seeding import seeded
+
+WAN_SCHEDULER = {
+    "num_train_timesteps": 1000,
+    "prediction_type": "flow_prediction",
+    "use_flow_sigmas": True,
+    "flow_shift": 3.0,
+}
 
 
 def wan_transformer(
@@ -14,7 +21,7 @@ def wan_transformer(
 ) -> torch.nn.Module:
     from diffusers import WanTransformer3DModel
 
-    with _seeded(seed):
+    with seeded(seed):
         return WanTransformer3DModel(
             patch_size=(1, 2, 2),
             num_attention_heads=2,
@@ -38,7 +45,7 @@ def build_wan(folder: Path, two_experts: bool) -> None:
 
     from .tiny_tokenizers import t5_config_kwargs, t5_tokenizer
 
-    with _seeded(0):
+    with seeded(0):
         vae = AutoencoderKLWan(
             base_dim=3,
             z_dim=16,
@@ -46,7 +53,7 @@ def build_wan(folder: Path, two_experts: bool) -> None:
             num_res_blocks=1,
             temperal_downsample=[False, True, True],  # 4x in time, 8x in space
         ).eval()
-    with _seeded(0):
+    with seeded(0):
         umt5 = UMT5EncoderModel(UMT5Config(**t5_config_kwargs())).eval()
     pipe = WanPipeline(
         tokenizer=t5_tokenizer(),
@@ -74,12 +81,12 @@ def build_wan_i2v(folder: Path) -> None:
 
     from .tiny_tokenizers import t5_config_kwargs, t5_tokenizer
 
-    with _seeded(0):
+    with seeded(0):
         vae = AutoencoderKLWan(base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1,
                                temperal_downsample=[False, True, True]).eval()  # fmt: skip
-    with _seeded(0):
+    with seeded(0):
         umt5 = UMT5EncoderModel(UMT5Config(**t5_config_kwargs())).eval()
-    with _seeded(2):
+    with seeded(2):
         image_encoder = CLIPVisionModel(
             CLIPVisionConfig(
                 hidden_size=4,

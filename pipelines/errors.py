@@ -22,3 +22,8 @@ class ModelUnavailableError(AtelierError):
 
 class Cancelled(AtelierError):
     """Raised inside a run when its cancel token is set; the run returns no image."""
+
+
+class LimitError(RequestError):
+    """A job was refused by admission: `field` names the limit (queue_size,
+    max_jobs_per_user, max_work) and the rule says what was asked and allowed."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import secrets
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -112,17 +113,7 @@ class GenerationRequest:
     controlnets: tuple[ControlUnit, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        loras = self.loras
-        if isinstance(loras, Mapping):
-            loras = tuple(loras.items())
-        if not isinstance(loras, Iterable) or isinstance(loras, str):
-            raise RequestError("loras", "must be a mapping of LoRA name to weight")
-        pairs = []
-        for item in loras:
-            if not (isinstance(item, (tuple, list)) and len(item) == 2):
-                raise RequestError("loras", "must be a mapping of LoRA name to weight")
-            pairs.append((item[0], item[1]))
-        object.__setattr__(self, "loras", tuple(pairs))
+        object.__setattr__(self, "loras", lora_pairs(self.loras))
         units = self.controlnets
         if isinstance(units, (Mapping, str)) or not isinstance(units, Iterable):
             raise RequestError("controlnets", "must be a list of ControlNet units")
@@ -158,6 +149,20 @@ class GenerationRequest:
         return self.batch_size * self.batch_count
 
 
+def lora_pairs(loras: Any) -> tuple[tuple[str, float], ...]:
+    """A request's `loras` (a mapping or (name, weight) pairs) as a tuple of pairs."""
+    if isinstance(loras, Mapping):
+        loras = tuple(loras.items())
+    if not isinstance(loras, Iterable) or isinstance(loras, str):
+        raise RequestError("loras", "must be a mapping of LoRA name to weight")
+    pairs = []
+    for item in loras:
+        if not (isinstance(item, (tuple, list)) and len(item) == 2):
+            raise RequestError("loras", "must be a mapping of LoRA name to weight")
+        pairs.append((item[0], item[1]))
+    return tuple(pairs)
+
+
 def split_lora_tags(prompt: str) -> tuple[str, tuple[tuple[str, float], ...]]:
     """Take A1111 `<lora:name>` / `<lora:name:weight>` tags out of a prompt.
 
@@ -184,13 +189,44 @@ def split_lora_tags(prompt: str) -> tuple[str, tuple[tuple[str, float], ...]]:
     return clean, tuple(pairs)
 
 
+def prompt_loras(
+    prompt: Any, loras: tuple[tuple[str, float], ...]
+) -> tuple[Any, tuple[tuple[str, float], ...]]:
+    """The prompt without its `<lora:...>` tags, and the LoRAs of tags and `loras`
+    together (explicit weights win over tags of the same name). Shared by every
+    request kind."""
+    if not isinstance(prompt, str):
+        return prompt, loras  # check_text reports it
+    clean, tagged = split_lora_tags(prompt)
+    merged = dict(tagged)
+    merged.update(dict(loras))
+    return clean, tuple(merged.items())
+
+
+def chosen_seed(seed: int) -> int:
+    """`seed`, or a random one for -1 (the result always carries the seed used)."""
+    return secrets.randbelow(MAX_SEED + 1) if seed == -1 else seed
+
+
+def check_common(prompt: Any, negative_prompt: Any, steps: Any, seed: Any,
+                 loras: tuple[tuple[str, float], ...]) -> None:  # fmt: skip
+    """The rules every request kind shares: prompts, steps, seed and LoRAs."""
+    check_text("prompt", prompt)
+    check_text("negative_prompt", negative_prompt)
+    check_int("num_inference_steps", steps, 1, MAX_STEPS)
+    if seed != -1:
+        check_int("seed", seed, 0, MAX_SEED)
+    if len(loras) > MAX_LORAS:
+        raise RequestError("loras", f"at most {MAX_LORAS} LoRAs per request, got {len(loras)}")
+    lo, hi = LORA_WEIGHT_RANGE
+    for name, weight in loras:
+        check_name("loras", name, "LoRA")
+        check_number(f"loras[{name}]", weight, lo, hi)
+
+
 def resolve_defaults(req: GenerationRequest, model: str, family: Family) -> GenerationRequest:
     """Fill every `None` with the family default and move prompt LoRA tags into `loras`."""
-    prompt, tagged = (
-        split_lora_tags(req.prompt) if isinstance(req.prompt, str) else (req.prompt, ())
-    )
-    merged = dict(tagged)
-    merged.update(dict(req.loras))  # explicit weights win over tags of the same name
+    prompt, loras = prompt_loras(req.prompt, req.loras)
     return replace(
         req,
         prompt=prompt,
@@ -202,25 +238,25 @@ def resolve_defaults(req: GenerationRequest, model: str, family: Family) -> Gene
         guidance_scale=req.guidance_scale if req.guidance_scale is not None else family.default_cfg,
         width=req.width if req.width is not None else family.default_size,
         height=req.height if req.height is not None else family.default_size,
-        loras=tuple(merged.items()),
+        loras=loras,
     )
 
 
-def _int(field_name: str, value: Any, lo: int, hi: int) -> None:
+def check_int(field_name: str, value: Any, lo: int, hi: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(field_name, f"must be a whole number from {lo} to {hi}, got {value!r}")
     if not lo <= value <= hi:
         raise RequestError(field_name, f"must be from {lo} to {hi}, got {value}")
 
 
-def _number(field_name: str, value: Any, lo: float, hi: float) -> None:
+def check_number(field_name: str, value: Any, lo: float, hi: float) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise RequestError(field_name, f"must be a number from {lo:g} to {hi:g}, got {value!r}")
     if not math.isfinite(value) or not lo <= value <= hi:
         raise RequestError(field_name, f"must be a number from {lo:g} to {hi:g}, got {value!r}")
 
 
-def _text(field_name: str, value: Any) -> None:
+def check_text(field_name: str, value: Any) -> None:
     if not isinstance(value, str):
         raise RequestError(field_name, f"must be text, got {type(value).__name__}")
     if len(value) > MAX_PROMPT_CHARS:
@@ -242,7 +278,7 @@ def check_name(field_name: str, value: Any, what: str) -> None:
 
 def check_size(field_name: str, value: Any, family: Family) -> None:
     """A width or height: in the family's range and a multiple of its factor."""
-    _int(field_name, value, family.min_size, family.max_size)
+    check_int(field_name, value, family.min_size, family.max_size)
     if value % family.size_multiple:
         rule = (
             f"must be a multiple of {family.size_multiple} for {family.label} models, got {value}"
@@ -256,42 +292,32 @@ def validate(req: GenerationRequest, family: Family) -> None:
     Model, scheduler and LoRA *existence* are checked by their owners (registry,
     scheduler table, LoRA library); this checks values and shapes.
     """
-    _text("prompt", req.prompt)
-    _text("negative_prompt", req.negative_prompt)
+    check_common(req.prompt, req.negative_prompt, req.num_inference_steps, req.seed, req.loras)
     if family.name == "flux" and req.negative_prompt:
         raise RequestError("negative_prompt", "Flux models take no negative prompt; leave it empty")
-    _int("num_inference_steps", req.num_inference_steps, 1, MAX_STEPS)
-    _number("guidance_scale", req.guidance_scale, 0.0, MAX_CFG)
+    check_number("guidance_scale", req.guidance_scale, 0.0, MAX_CFG)
     for name in ("width", "height"):
         check_size(name, getattr(req, name), family)
-    if req.seed != -1:
-        _int("seed", req.seed, 0, MAX_SEED)
-    _int("batch_size", req.batch_size, 1, MAX_BATCH_SIZE)
-    _int("batch_count", req.batch_count, 1, MAX_BATCH_COUNT)
-    if len(req.loras) > MAX_LORAS:
-        raise RequestError("loras", f"at most {MAX_LORAS} LoRAs per request, got {len(req.loras)}")
-    lo, hi = LORA_WEIGHT_RANGE
-    for name, weight in req.loras:
-        check_name("loras", name, "LoRA")
-        _number(f"loras[{name}]", weight, lo, hi)
-    _number("strength", req.strength, 0.0, 1.0)
+    check_int("batch_size", req.batch_size, 1, MAX_BATCH_SIZE)
+    check_int("batch_count", req.batch_count, 1, MAX_BATCH_COUNT)
+    check_number("strength", req.strength, 0.0, 1.0)
     if req.strength <= 0:
         raise RequestError("strength", f"must be > 0 and <= 1, got {req.strength}")
-    _int("mask_blur", req.mask_blur, 0, 64)
+    check_int("mask_blur", req.mask_blur, 0, 64)
     if req.inpaint_area not in ("whole", "masked"):
         raise RequestError("inpaint_area", f"must be 'whole' or 'masked', got {req.inpaint_area!r}")
-    _int("inpaint_padding", req.inpaint_padding, 0, 256)
+    check_int("inpaint_padding", req.inpaint_padding, 0, 256)
     if len(req.controlnets) > MAX_CONTROLNETS:
         rule = f"at most {MAX_CONTROLNETS} units, got {len(req.controlnets)}"
         raise RequestError("controlnets", rule)
     for i, unit in enumerate(req.controlnets):
         at = f"controlnets[{i}]"
         check_name(f"{at}.model", unit.model, "ControlNet")
-        _number(f"{at}.weight", unit.weight, 0.0, 2.0)
-        _number(f"{at}.guidance_start", unit.guidance_start, 0.0, 1.0)
-        _number(f"{at}.guidance_end", unit.guidance_end, 0.0, 1.0)
+        check_number(f"{at}.weight", unit.weight, 0.0, 2.0)
+        check_number(f"{at}.guidance_start", unit.guidance_start, 0.0, 1.0)
+        check_number(f"{at}.guidance_end", unit.guidance_end, 0.0, 1.0)
         if unit.guidance_start >= unit.guidance_end:
             rule = f"must be less than guidance_end ({unit.guidance_start} >= {unit.guidance_end})"
             raise RequestError(f"{at}.guidance_start", rule)
-        _int(f"{at}.low_threshold", unit.low_threshold, 0, 255)
-        _int(f"{at}.high_threshold", unit.high_threshold, 0, 255)
+        check_int(f"{at}.low_threshold", unit.low_threshold, 0, 255)
+        check_int(f"{at}.high_threshold", unit.high_threshold, 0, 255)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .manager import EngineSettings
+    from .core import EngineSettings
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,8 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
     Setting("lora_cache_count", 16, "LoRA adapters kept loaded per cached model", int),
     Setting("lora_cache_mb", 2048, "MB of LoRA adapters kept loaded per cached model", int),
     Setting("lora_hotswap_rank", 64, "highest LoRA rank accepted in hotswap mode", int),
+    Setting("max_work", 0, "most work one request may ask for: width x height x steps x "
+            "images (x frames for video) (0 = unlimited)", int),
 )  # fmt: skip
 
 
@@ -106,8 +108,8 @@ def resolve(
 
 def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
     """EngineSettings from resolved values (imports the engine, hence torch, only here)."""
+    from .core import EngineSettings
     from .loading import LoadOptions
-    from .manager import EngineSettings
 
     def path(name: str) -> Path | None:
         return Path(values[name]).expanduser() if values[name] else None
@@ -127,6 +129,10 @@ def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
         lora_cache_count=values["lora_cache_count"],
         lora_cache_mb=values["lora_cache_mb"],
         lora_hotswap_rank=values["lora_hotswap_rank"],
+        # the server's admission limits, when a server resolved them (ui/settings.py)
+        queue_size=values.get("queue_size", 0),
+        max_jobs_per_user=values.get("max_jobs_per_user", 0),
+        max_work=values["max_work"],
         load=LoadOptions(
             dtype=values["dtype"],
             attention=values["attention"],

@@ -1,4 +1,4 @@
-"""Video requests for the Wan models: validated up front, run on the same manager.
+"""Video jobs for the Wan models: validated up front, a peer of image jobs (jobs.py).
 
 Same machinery as images: a device slot, the cached model, a fresh scheduler
 and pipeline object per request, LoRAs for this request only, progress,
@@ -14,36 +14,36 @@ Rules (diffusers would silently round; we refuse and say the rule):
 
 from __future__ import annotations
 
-import secrets
+import json
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .core import EngineCore
 from .errors import RequestError
 from .families import CFG_RANGE, FLOW_SHIFT_RANGE, FPS_RANGE, Family
+from .jobs import JobContext, Prepared
 from .loading import compose, fresh_pipeline
 from .loras import check_family
 from .progress import step_callback
 from .request import (
-    MAX_SEED,
-    MAX_STEPS,
-    _int,
-    _number,
-    _text,
+    check_common,
+    check_int,
     check_name,
+    check_number,
     check_size,
+    chosen_seed,
     fields_of,
-    split_lora_tags,
+    lora_pairs,
+    prompt_loras,
 )
-from .schedulers import build_scheduler, get_spec
-
-if TYPE_CHECKING:
-    from .manager import CancelToken, PipelineManager, ProgressEvent
+from .schedulers import build_scheduler, flow_shift_of, get_spec
+from .slots import lora_scope
 
 MAX_FRAMES = 241
 DEFAULT_VIDEO_MODEL = "tiny-wan"
@@ -68,8 +68,7 @@ class VideoRequest:
     loras: tuple[tuple[str, float], ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if isinstance(self.loras, dict):
-            object.__setattr__(self, "loras", tuple(self.loras.items()))
+        object.__setattr__(self, "loras", lora_pairs(self.loras))
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -94,11 +93,8 @@ class VideoResult:
 
 
 def resolve(req: VideoRequest, model: str, family: Family, flow_shift: float) -> VideoRequest:
-    prompt, tagged = (
-        split_lora_tags(req.prompt) if isinstance(req.prompt, str) else (req.prompt, ())
-    )
-    loras = {**dict(tagged), **dict(req.loras)}
-    seed = req.seed if req.seed != -1 else secrets.randbelow(MAX_SEED + 1)
+    prompt, loras = prompt_loras(req.prompt, req.loras)
+    seed = chosen_seed(req.seed) if isinstance(req.seed, int) else req.seed
     return replace(
         req,
         prompt=prompt,
@@ -109,7 +105,9 @@ def resolve(req: VideoRequest, model: str, family: Family, flow_shift: float) ->
         height=req.height
         if req.height is not None
         else (family.default_height or family.default_size),
-        num_inference_steps=req.num_inference_steps or family.default_steps,
+        num_inference_steps=req.num_inference_steps
+        if req.num_inference_steps is not None
+        else family.default_steps,
         guidance_scale=req.guidance_scale if req.guidance_scale is not None else family.default_cfg,
         guidance_scale_2=(
             req.guidance_scale_2
@@ -118,41 +116,34 @@ def resolve(req: VideoRequest, model: str, family: Family, flow_shift: float) ->
         ),  # fmt: skip
         flow_shift=req.flow_shift if req.flow_shift is not None else flow_shift,
         seed=seed,
-        loras=tuple(loras.items()),
+        loras=loras,
     )
 
 
 def validate(req: VideoRequest, family: Family, has_image: bool) -> None:
-    _text("prompt", req.prompt)
-    _text("negative_prompt", req.negative_prompt)
+    check_common(req.prompt, req.negative_prompt, req.num_inference_steps, req.seed, req.loras)
     frames = req.num_frames
-    _int("num_frames", frames, 5, MAX_FRAMES)
+    check_int("num_frames", frames, 5, MAX_FRAMES)
     if (frames - 1) % 4:
         near = f"{frames - (frames - 1) % 4} or {frames - (frames - 1) % 4 + 4}"
         raise RequestError(
             "num_frames", f"must be 4k+1 (5, 9, 13, ... 81), got {frames}; try {near}"
         )
-    _int("fps", req.fps, *FPS_RANGE)
+    check_int("fps", req.fps, *FPS_RANGE)
     for name in ("width", "height"):
         check_size(name, getattr(req, name), family)
-    _int("num_inference_steps", req.num_inference_steps, 1, MAX_STEPS)
-    _number("guidance_scale", req.guidance_scale, *CFG_RANGE)
+    check_number("guidance_scale", req.guidance_scale, *CFG_RANGE)
     if req.guidance_scale_2 is not None:
         if family.experts != 2:
             raise RequestError(
                 "guidance_scale_2", f"{family.label} models have one expert; leave it empty"
             )
-        _number("guidance_scale_2", req.guidance_scale_2, *CFG_RANGE)
-    _number("flow_shift", req.flow_shift, *FLOW_SHIFT_RANGE)
-    if req.seed != -1:
-        _int("seed", req.seed, 0, MAX_SEED)
+        check_number("guidance_scale_2", req.guidance_scale_2, *CFG_RANGE)
+    check_number("flow_shift", req.flow_shift, *FLOW_SHIFT_RANGE)
     if family.start_image == "required" and not has_image:
         raise RequestError("image", f"{family.label} models need a start image")
     if family.start_image == "none" and has_image:
         raise RequestError("image", f"{family.label} is text-to-video; it takes no start image")
-    for name, weight in req.loras:
-        check_name("loras", name, "LoRA")
-        _number(f"loras[{name}]", weight, -2.0, 2.0)
     if req.lora_experts not in ("both", "high", "low"):
         rule = f"must be 'both', 'high' or 'low', got {req.lora_experts!r}"
         raise RequestError("lora_experts", rule)
@@ -183,68 +174,84 @@ def call_arguments(req: VideoRequest, family: Family, image: Image.Image | None,
     return args
 
 
-def run_video(
-    manager: PipelineManager,
-    request: VideoRequest,
-    image: Image.Image | None,
-    end_image: Image.Image | None,
-    on_progress: Callable[[ProgressEvent], None] | None,
-    cancel: CancelToken | None,
-) -> VideoResult:
-    from .schedulers import flow_shift_of
+@dataclass(frozen=True)
+class VideoJob:
+    request: VideoRequest
+    image: Image.Image | None = None  # start image (image-to-video models)
+    end_image: Image.Image | None = None  # last frame (where the model takes one)
 
-    t0 = time.perf_counter()
-    # 1. resolve the model and validate everything before any work
-    if not isinstance(request, VideoRequest):
-        raise RequestError("request", "must be a VideoRequest")
-    name = request.model or DEFAULT_VIDEO_MODEL
-    check_name("model", name, "model")
-    entry = manager.registry.resolve(name)
-    family = entry.family
-    if family.kind != "video":
-        raise RequestError("model", f"'{name}' is a {family.label} image model; use generate")
-    if end_image is not None and not family.end_image:
-        raise RequestError("end_image", f"{family.label} models take no end image")
-    shift = flow_shift_of(_scheduler_config(entry.path))
-    req = resolve(request, name, family, shift)
-    validate(req, family, image is not None)
-    get_spec(req.scheduler, family)
-    loras = [(manager.loras.get(n), w) for n, w in req.loras]
-    for lora, _ in loras:
-        check_family(lora, family.name, name)
-    timings = {"prepare": time.perf_counter() - t0}
-    # 2. a slot with the model; 3. one call with a fresh scheduler and pipeline object
-    with manager.model_on_slot(entry, cancel, timings) as (slot, loaded):
-        scheduler = build_scheduler(req.scheduler, family, loaded.pristine_scheduler, [req.seed],
-                                    flow_shift=req.flow_shift)  # fmt: skip
-        pipe = fresh_pipeline(loaded.pipeline, scheduler)
-        if (
-            family.start_image != "none"
-            and image is not None
-            and type(pipe).__name__ == "WanPipeline"
-        ):
-            pipe = _image_pipeline(pipe)  # TI2V-5B: same modules, the image-to-video class
-        callback = step_callback(family.name, 0, 1, req.height, req.width, on_progress, cancel,
-                                 manager.settings.preview_every)  # fmt: skip
-        with manager.lora_scope(loaded, loras, req.lora_experts):
-            out = pipe(**call_arguments(req, family, image, end_image),
-                       callback_on_step_end=callback,
-                       callback_on_step_end_tensor_inputs=["latents"])  # fmt: skip
-        frames = np.asarray(out.frames[0], dtype=np.float32)
-    timings["total"] = time.perf_counter() - t0
-    params = {**req.to_dict(), "family": family.name, "model_hash": loaded.model_hash,
-              "start_image": image is not None, "end_image": end_image is not None,
-              "lora_hashes": {e.name: e.short_hash for e, _ in loras},
-              "memory": {"offload": manager.settings.load.offload,
-                         "vae_tiling": manager.settings.load.vae_tiling,
-                         "devices": slot.span}}  # fmt: skip
-    return VideoResult(req, frames, req.seed, params, slot.name, timings)
+
+def video_work(req: VideoRequest) -> int:
+    """What the work budget counts: width x height x steps x frames."""
+    return req.width * req.height * req.num_inference_steps * req.num_frames
+
+
+class VideoRunner:
+    kind = "video"
+
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+
+    def prepare(self, job: VideoJob) -> Prepared:
+        t0 = time.perf_counter()
+        # 1. resolve the model and validate everything before any work
+        if not isinstance(job, VideoJob) or not isinstance(job.request, VideoRequest):
+            raise RequestError("request", "must be a VideoRequest")
+        request, image, end_image = job.request, job.image, job.end_image
+        name = request.model or DEFAULT_VIDEO_MODEL
+        check_name("model", name, "model")
+        entry = self.core.registry.resolve(name)
+        family = entry.family
+        if family.kind != "video":
+            raise RequestError("model", f"'{name}' is a {family.label} image model; use generate")
+        if end_image is not None and not family.end_image:
+            raise RequestError("end_image", f"{family.label} models take no end image")
+        shift = flow_shift_of(_scheduler_config(entry.path))
+        req = resolve(request, name, family, shift)
+        validate(req, family, image is not None)
+        get_spec(req.scheduler, family)
+        loras = [(self.core.loras.get(n), w) for n, w in req.loras]
+        for lora, _ in loras:
+            check_family(lora, family.name, name)
+        data = (entry, loras, t0, time.perf_counter() - t0)
+        return Prepared(replace(job, request=req), video_work(req), name, data)
+
+    def run(self, prepared: Prepared, ctx: JobContext) -> VideoResult:
+        job: VideoJob = prepared.spec
+        req, image, end_image = job.request, job.image, job.end_image
+        entry, loras, t0, prepare_s = prepared.data
+        family = entry.family
+        settings = self.core.settings
+        timings = {"prepare": prepare_s}
+        # 2. a slot with the model; 3. one call with a fresh scheduler and pipeline object
+        with self.core.pool.model_on_slot(entry, ctx.job, timings, ctx.on_slot) as (slot, loaded):
+            scheduler = build_scheduler(req.scheduler, family, loaded.pristine_scheduler,
+                                        [req.seed], flow_shift=req.flow_shift)  # fmt: skip
+            pipe = fresh_pipeline(loaded.pipeline, scheduler)
+            if (
+                family.start_image != "none"
+                and image is not None
+                and type(pipe).__name__ == "WanPipeline"
+            ):
+                pipe = _image_pipeline(pipe)  # TI2V-5B: same modules, the image-to-video class
+            callback = step_callback(family.name, 0, 1, req.height, req.width, ctx.on_progress,
+                                     ctx.cancel, settings.preview_every)  # fmt: skip
+            with lora_scope(loaded, loras, req.lora_experts):
+                out = pipe(**call_arguments(req, family, image, end_image),
+                           callback_on_step_end=callback,
+                           callback_on_step_end_tensor_inputs=["latents"])  # fmt: skip
+            frames = np.asarray(out.frames[0], dtype=np.float32)
+        timings["total"] = time.perf_counter() - t0
+        params = {**req.to_dict(), "family": family.name, "model_hash": loaded.model_hash,
+                  "start_image": image is not None, "end_image": end_image is not None,
+                  "lora_hashes": {e.name: e.short_hash for e, _ in loras},
+                  "memory": {"offload": settings.load.offload,
+                             "vae_tiling": settings.load.vae_tiling,
+                             "devices": slot.span}}  # fmt: skip
+        return VideoResult(req, frames, req.seed, params, slot.name, timings)
 
 
 def _scheduler_config(folder: Any) -> dict[str, Any]:
-    import json
-    from pathlib import Path
-
     path = Path(folder) / "scheduler" / "scheduler_config.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 

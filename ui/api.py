@@ -25,7 +25,7 @@ import gradio as gr
 from ui.context import StudioContext
 from ui.control_panel import run_preprocessor
 from ui.form import api_images, request_from_widgets
-from ui.runner import gpu, shown_as_gradio_errors, stream_generation
+from ui.runner import endpoint_stream, gpu, shown_as_gradio_errors
 
 
 def build_api(ctx: StudioContext) -> gr.Blocks:
@@ -79,6 +79,8 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
             control_images: list[str] | None = None,
             inpaint_area: str | None = None,
             inpaint_padding: float | None = None,
+            request: gr.Request = None,  # type: ignore[assignment]
+            progress: gr.Progress = gr.Progress(),  # noqa: B008
         ) -> Iterator[tuple[Any, Any, Any]]:
             values = {"prompt": prompt, "negative_prompt": negative_prompt, "model": model,
                       "scheduler": scheduler, "steps": steps, "cfg": cfg, "seed": seed,
@@ -87,23 +89,18 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
                       "mask_blur": mask_blur, "controlnets": controlnets,
                       "inpaint_area": inpaint_area,
                       "inpaint_padding": inpaint_padding}  # fmt: skip
-            from pipelines import CancelToken
+            from pipelines.image_job import ImageJob
 
-            cancel = CancelToken()
-            try:
-                with shown_as_gradio_errors():
-                    request = request_from_widgets(values)
-                    images = api_images(init_image, mask_image, control_images)
-                    for item in stream_generation(ctx.manager, request, cancel,
-                                                  inputs=images.inputs()):  # fmt: skip
-                        if hasattr(item, "images"):
-                            paths = ctx.store.publish(item)
-                            yield [str(p) for p in paths], item.infotexts[0], item.seeds[0]
-                            return
-                        # Yielding lets Gradio close this generator on Job.cancel().
-                        yield gr.skip(), gr.skip(), gr.skip()
-            finally:
-                cancel.cancel()
+            def publish(result: Any) -> tuple[Any, Any, Any]:
+                paths = ctx.store.publish(result)
+                return [str(p) for p in paths], result.infotexts[0], result.seeds[0]
+
+            with shown_as_gradio_errors():
+                job = ImageJob(
+                    request_from_widgets(values),
+                    api_images(init_image, mask_image, control_images).inputs(),
+                )
+            yield from endpoint_stream(ctx.manager, job, ctx.caller(request), publish, 3, progress)
 
         trigger.click(gpu(generate), list(inputs.values()), [images, infotext, seed_used],
                       api_name="generate", show_progress="hidden", **ctx.gpu_event())  # fmt: skip
@@ -126,10 +123,8 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
         ) -> str:
             """The control map (PNG) of `image` for `module` at width x height (default:
             the model family's default size)."""
-            from ui.catalog import family_of
-
             with shown_as_gradio_errors():
-                family = family_of(ctx.manager, model or ctx.default_model)
+                family = ctx.manager.registry.family_of(model or ctx.default_model)
                 size = (family.default_size if width in (None, "") else width,
                         family.default_size if height in (None, "") else height)  # fmt: skip
                 out = run_preprocessor(ctx.manager, image, module, *size, low_threshold,

@@ -1,4 +1,6 @@
-"""What the pickers offer: image models with their families, LoRAs with their metadata.
+"""What the LoRA pickers offer: LoRAs with their metadata (models, families and
+ControlNets come from the engine: manager.models(kind), registry.family_of,
+controlnets.names(family)).
 
 Read from the engine on every refresh (folders may change while serving).
 """
@@ -10,35 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.families import FAMILIES, Family
-
 log = logging.getLogger(__name__)
-
-
-def family_of(manager: Any, name: str) -> Family:
-    """A model's family. Built-in models are known by name, so listing them does not
-    build every one of them (the registry's resolve() builds on first use)."""
-    from pipelines.builtin import BUILTIN_MODELS
-
-    if name in BUILTIN_MODELS:
-        return FAMILIES[BUILTIN_MODELS[name]]
-    return manager.registry.resolve(name).family
-
-
-def image_models(manager: Any) -> dict[str, Family]:
-    """Models the Generate tab can run (kind "image"), in the registry's order."""
-    from pipelines.errors import AtelierError
-
-    out: dict[str, Family] = {}
-    for name in manager.registry.names():
-        try:
-            family = family_of(manager, name)
-        except AtelierError as e:  # a broken folder must not take the dropdown down
-            log.warning("model %s is not offered: %s", name, e)
-            continue
-        if family.kind == "image":
-            out[name] = family
-    return out
 
 
 @dataclass(frozen=True)

@@ -1,27 +1,35 @@
-"""What every part of the studio shares: the engine, where images go, and the
-one concurrency group of every event that runs on a device."""
+"""What every part of the studio shares: the engine, where images go, who is
+asking, and the one concurrency group of every event that runs on a device."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ui.runner import ImageStore
 
-# Every GPU-bound event uses this id: Gradio limits the group to the lowest
-# concurrency_limit of its events, which is the number of device slots.
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from pipelines.manager import PipelineManager
+
+# Every event that submits engine jobs uses this id. Gradio limits the group to the
+# lowest concurrency_limit of its events: device slots + the engine's queue_size, so
+# that jobs wait in the engine's line (which admits, counts and places them for every
+# front end alike) rather than in Gradio's, which knows nothing of callers or work.
 GPU_GROUP = "atelier-gpu"
+THREADS = 40  # Gradio's own default worker threads, for everything else
 HISTORY_LIMIT = 200  # images kept in a session's history gallery
 
 
 @dataclass
 class StudioContext:
-    manager: Any  # pipelines.PipelineManager (not imported: no torch at import)
+    manager: PipelineManager  # not imported at run time: no torch at import
     store: ImageStore
 
     @classmethod
-    def create(cls, manager: Any, outputs_dir: str | Path | None) -> StudioContext:
+    def create(cls, manager: PipelineManager, outputs_dir: str | Path | None) -> StudioContext:
         folder = None if outputs_dir in (None, "", "off") else Path(str(outputs_dir)).expanduser()
         return cls(manager, ImageStore(folder))
 
@@ -33,6 +41,28 @@ class StudioContext:
     def default_model(self) -> str:
         return self.manager.settings.default_model
 
+    @property
+    def job_events(self) -> int | None:
+        """Most job events in flight: every slot busy and the engine's line full (None =
+        no limit, when the engine's queue is unlimited)."""
+        queue_size = self.manager.jobs.limits.queue_size
+        return self.slots + queue_size if queue_size else None
+
     def gpu_event(self) -> dict[str, Any]:
         """Keyword arguments of every event that runs the engine."""
-        return {"concurrency_id": GPU_GROUP, "concurrency_limit": self.slots}
+        return {"concurrency_id": GPU_GROUP, "concurrency_limit": self.job_events}
+
+    def max_threads(self) -> int:
+        """Gradio's worker threads: a waiting job's handler holds one while it waits."""
+        return THREADS + (self.job_events or 64)
+
+    def caller(self, request: gr.Request | None) -> str:
+        """Who submits a job, for the engine's per-user limit: the logged-in user, else
+        the client's address. (A Gradio session id is no identity: every new client
+        gets a new one.)"""
+        if request is None:
+            return "local"
+        if getattr(request, "username", None):
+            return f"user:{request.username}"
+        client = getattr(request, "client", None)
+        return f"addr:{getattr(client, 'host', None) or 'unknown'}"

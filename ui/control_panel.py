@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -27,27 +26,6 @@ def unit_defaults() -> dict[str, Any]:
     from pipelines.request import ControlUnit
 
     return {f.name: f.default for f in fields(ControlUnit) if f.name != "model"}
-
-
-def controlnet_choices(manager: Any, family: str) -> list[str]:
-    """ControlNets of `family`: the built-in one (for tiny-sd, an sd15 model) and the
-    folders in the controlnets dir. Listed without `manager.controlnets.names()`, which
-    builds the built-in ControlNet: nothing is built when the studio starts."""
-    from pipelines import builtin
-    from pipelines.controlnets import family_of as folder_family
-
-    out = [builtin.TINY_CONTROLNET] if family == "sd15" else []
-    folder = manager.controlnets.controlnets_dir
-    if folder is not None and Path(folder).is_dir():
-        for child in sorted(Path(folder).iterdir()):
-            if not (child / "config.json").is_file() or child.name in out:
-                continue
-            try:
-                if folder_family(child) == family:
-                    out.append(child.name)
-            except (OSError, ValueError) as e:  # a broken folder must not break the list
-                log.warning("ControlNet %s is not offered: %s", child.name, e)
-    return out
 
 
 def module_choices(manager: Any) -> tuple[list[tuple[str, str]], dict[str, str | None]]:
@@ -76,12 +54,11 @@ def run_preprocessor(
     from pipelines import preprocess
     from pipelines.errors import RequestError
     from pipelines.request import check_size
-    from ui.catalog import family_of
 
     picture = open_image(image)
     if picture is None:
         raise RequestError("image", "upload an image to preprocess")
-    family = family_of(manager, model or manager.settings.default_model)
+    family = manager.registry.family_of(model or manager.settings.default_model)
     sizes = {}
     for name, value in (("width", width), ("height", height)):
         value = int(value) if isinstance(value, float) and value.is_integer() else value
@@ -156,7 +133,7 @@ def build_control_panel(manager: Any, family: str, context: list[Any]) -> Contro
     """Create the units in the current Blocks context and wire their own events.
     `context` = the Generate tab's [model, width, height, seed] (the preview's size)."""
     labels, why = module_choices(manager)
-    models = controlnet_choices(manager, family)
+    models = manager.controlnets.names(family)
     defaults = unit_defaults()
     units = []
     with gr.Tabs():

@@ -60,7 +60,7 @@ CFG_STEP = 0.5
 LORA_WEIGHT_STEP = 0.05
 
 
-def _whole(field: str, value: Any) -> Any:
+def whole(value: Any) -> Any:
     """20.0 -> 20 (sliders and JSON numbers arrive as floats); anything else unchanged,
     so the engine's validation reports it with its rule."""
     if isinstance(value, float) and value.is_integer():
@@ -70,13 +70,14 @@ def _whole(field: str, value: Any) -> Any:
     return value
 
 
-def _blank(value: Any) -> bool:
+def blank(value: Any) -> bool:
+    """No value given: None or only spaces."""
     return value is None or (isinstance(value, str) and not value.strip())
 
 
 def parse_loras(value: Any) -> dict[str, float]:
     """LoRAs as the API accepts them: a dict name -> weight, its JSON text, or empty."""
-    if _blank(value):
+    if blank(value):
         return {}
     if isinstance(value, str):
         try:
@@ -97,7 +98,7 @@ def parse_loras(value: Any) -> dict[str, float]:
 
 def loras_from_slots(names: Sequence[str | None], weights: Sequence[Any]) -> dict[str, float]:
     """The picker's rows (name, weight) as the request's mapping; empty rows skipped."""
-    return {n: w for n, w in zip(names, weights, strict=True) if not _blank(n)}
+    return {n: w for n, w in zip(names, weights, strict=True) if not blank(n)}
 
 
 def request_from_widgets(values: Mapping[str, Any]) -> GenerationRequest:
@@ -110,26 +111,26 @@ def request_from_widgets(values: Mapping[str, Any]) -> GenerationRequest:
     kwargs["negative_prompt"] = values.get("negative_prompt") or ""
     for name in ("model", "scheduler"):
         value = values.get(name)
-        kwargs[FIELDS[name]] = None if _blank(value) else value
+        kwargs[FIELDS[name]] = None if blank(value) else value
     for name in ("steps", "width", "height"):
         value = values.get(name)
-        kwargs[FIELDS[name]] = None if _blank(value) else _whole(name, value)
+        kwargs[FIELDS[name]] = None if blank(value) else whole(value)
     cfg = values.get("cfg")
-    kwargs["guidance_scale"] = None if _blank(cfg) else cfg
+    kwargs["guidance_scale"] = None if blank(cfg) else cfg
     seed = values.get("seed")
-    kwargs["seed"] = -1 if _blank(seed) else _whole("seed", seed)
+    kwargs["seed"] = -1 if blank(seed) else whole(seed)
     for name in ("batch_size", "batch_count"):
         value = values.get(name)
-        kwargs[name] = 1 if _blank(value) else _whole(name, value)
+        kwargs[name] = 1 if blank(value) else whole(value)
     kwargs["loras"] = parse_loras(values.get("loras"))
-    if not _blank(values.get("strength")):
+    if not blank(values.get("strength")):
         kwargs["strength"] = values["strength"]
-    if not _blank(values.get("mask_blur")):
-        kwargs["mask_blur"] = _whole("mask_blur", values["mask_blur"])
-    if not _blank(values.get("inpaint_area")):
+    if not blank(values.get("mask_blur")):
+        kwargs["mask_blur"] = whole(values["mask_blur"])
+    if not blank(values.get("inpaint_area")):
         kwargs["inpaint_area"] = values["inpaint_area"]
-    if not _blank(values.get("inpaint_padding")):
-        kwargs["inpaint_padding"] = _whole("inpaint_padding", values["inpaint_padding"])
+    if not blank(values.get("inpaint_padding")):
+        kwargs["inpaint_padding"] = whole(values["inpaint_padding"])
     kwargs["controlnets"] = parse_controlnets(values.get("controlnets"))
     return GenerationRequest(**kwargs)
 
@@ -138,7 +139,7 @@ def parse_controlnets(value: Any) -> tuple[ControlUnit, ...]:
     """ControlNet units as the API accepts them: a list of unit dicts (ControlUnit's
     fields: model, module, weight, guidance_start, guidance_end, low_threshold,
     high_threshold), its JSON text, or empty."""
-    if _blank(value):
+    if blank(value):
         return ()
     if isinstance(value, str):
         try:
@@ -165,7 +166,7 @@ def typed_unit(unit: Any) -> Any:
     out = dict(unit)
     for key, value in unit.items():
         if key.endswith("threshold"):
-            out[key] = _whole(key, value)
+            out[key] = whole(value)
         elif key in ("weight", "guidance_start", "guidance_end") and type(value) is int:
             out[key] = float(value)
     return out
@@ -232,7 +233,7 @@ def images_from_area(
     `editor` is gr.ImageEditor's value ({"background", "layers", "composite"}) or a
     plain image. An uploaded mask wins over paint; it is passed on as it is, so a
     mask of the wrong size is the engine's error, naming mask_image."""
-    if _blank(mode) or mode == "off":
+    if blank(mode) or mode == "off":
         return None, None
     if mode not in IMAGE_MODES:
         raise RequestError("image_mode", f"must be one of {', '.join(IMAGE_MODES)}, got {mode!r}")
@@ -262,10 +263,10 @@ def units_from_panel(
         if not unit.get("enabled"):
             continue
         model = unit.get("model")
-        if _blank(model):
+        if blank(model):
             raise RequestError(f"controlnets[{len(out)}].model",
                                f"ControlNet unit {n} is enabled: choose its model")  # fmt: skip
-        fields_ = {k: unit[k] for k in UNIT_FIELDS[4:] if not _blank(unit.get(k))}
+        fields_ = {k: unit[k] for k in UNIT_FIELDS[4:] if not blank(unit.get(k))}
         out.append({"model": model, "module": unit.get("module") or "none", **fields_})
         images.append(open_image(unit.get("image")))
         numbers.append(n)
@@ -289,7 +290,7 @@ def studio_form(values: Mapping[str, Any]) -> StudioForm:
 def api_images(init_image: Any, mask_image: Any, control_images: Any) -> FormImages:
     """The API's image arguments (paths, file dicts or images; control_images a list)."""
     if isinstance(control_images, (str, Mapping)) or control_images is None:
-        control_images = [] if _blank(control_images) else [control_images]
+        control_images = [] if blank(control_images) else [control_images]
     return FormImages(open_image(init_image), open_image(mask_image),
                       [open_image(c) for c in control_images])  # fmt: skip
 
@@ -346,3 +347,15 @@ def error_markdown(error: RequestError, unit_numbers: Sequence[int] = ()) -> str
     if found and int(found.group(1)) < len(unit_numbers):
         name = f"ControlNet unit {unit_numbers[int(found.group(1))]}{found.group(2)}"
     return f"**{name}**: {error.rule}"
+
+
+def family_updates(family: Family, specs: Mapping[str, dict[str, Any]],
+                   sliders: Sequence[str]) -> list[Any]:  # fmt: skip
+    """The sampler dropdown and the named sliders set to a family's choices and defaults
+    (the Generate and Video tabs, on a model change). `specs`: widget_specs or video_specs."""
+    import gradio as gr
+
+    from pipelines.schedulers import available_schedulers
+
+    return [gr.Dropdown(choices=available_schedulers(family), value=family.default_scheduler),
+            *(gr.Slider(**specs[k]) for k in sliders)]  # fmt: skip

@@ -1,8 +1,8 @@
 """The Generate tab: prompt, model and sampler settings, LoRAs, results, history.
 
-Layout and thin handlers only: widget values go through `ui.form` into a
-GenerationRequest, the engine runs in `ui.runner.stream_generation`, and the
-result comes back as PNG files (with their infotext) in the gallery.
+Layout and wiring only: the handlers are plain functions in ui/generate_handlers.py
+(widget values go through `ui.form` into a GenerationRequest, the engine runs it as
+a job, and the result comes back as PNG files, with their infotext, in the gallery).
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from typing import Any
 
 import gradio as gr
 
-from ui.catalog import family_of, image_models
-from ui.context import HISTORY_LIMIT, StudioContext
-from ui.control_panel import ControlPanel, build_control_panel, controlnet_choices
-from ui.form import error_markdown, loras_from_slots, studio_form, widget_specs
+from ui import generate_handlers as handlers
+from ui.context import StudioContext
+from ui.control_panel import ControlPanel, build_control_panel
+from ui.form import loras_from_slots, widget_specs
 from ui.img2img_panel import Img2ImgPanel, build_img2img_panel
-from ui.lora_panel import LoraPanel, build_lora_panel, refresh_search
-from ui.runner import gpu, stream_generation
+from ui.lora_panel import LoraPanel, build_lora_panel
+from ui.runner import gpu, progress_text
 
 log = logging.getLogger(__name__)
 
@@ -43,26 +43,15 @@ class GenerateTab:
 
     def restore(self, manager: Any, values: dict[str, Any], family: str) -> list[Any]:
         """Updates for `restore_outputs` from ui.form.widgets_from_request's values."""
-        choices = controlnet_choices(manager, family)
+        choices = manager.controlnets.names(family)
         return [*self.img2img.restore(values), *self.control.restore(values["controlnets"],
                                                                      choices)]  # fmt: skip
-
-
-def family_updates(family: Any, schedulers: list[str]) -> list[Any]:
-    """Scheduler, steps, cfg, width, height set to a family's choices and defaults."""
-    specs = widget_specs(family)
-    return [gr.Dropdown(choices=schedulers, value=family.default_scheduler),
-            *(gr.Slider(**specs[k]) for k in ("steps", "cfg", "width", "height"))]  # fmt: skip
-
-
-def _status(done: int, total: int) -> str:
-    return f"Step {done}/{total}"
 
 
 def build_generate_tab(ctx: StudioContext) -> GenerateTab:
     from pipelines.schedulers import available_schedulers
 
-    models = image_models(ctx.manager)
+    models = ctx.manager.models("image")
     model_name = ctx.default_model if ctx.default_model in models else next(iter(models))
     family = models[model_name]
     specs = widget_specs(family)
@@ -141,63 +130,28 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
         by_component.update({c: name for name, c in img2img.by_field().items()})
         lora_inputs = set(loras.names) | set(loras.weights)
 
-        def generate(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> Iterator[dict]:  # noqa: B008
-            from pipelines import CancelToken
-            from pipelines.errors import AtelierError, RequestError
-
+        def run_job(
+            data: dict[Any, Any],
+            request: gr.Request,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008
+        ) -> Iterator[dict]:
             values = {name: data[c] for c, name in by_component.items()}
             values["loras"] = loras_from_slots([data[c] for c in loras.names],
                                                [data[c] for c in loras.weights])  # fmt: skip
             values["units"] = control.values(data)
-            cancel = CancelToken()
-            numbers: list[int] = []
-            try:
-                form = studio_form(values)
-                numbers = form.unit_numbers
-                yield {error: gr.Markdown(visible=False), status: "Waiting for a device…"}
-                for item in stream_generation(ctx.manager, form.request, cancel,
-                                              inputs=form.images.inputs()):  # fmt: skip
-                    if hasattr(item, "images"):
-                        yield _finished(item, data[history_items])
-                        return
-                    progress((item.step, item.total), unit="steps")
-                    update: dict[Any, Any] = {status: _status(item.step, item.total)}
-                    if item.preview is not None:
-                        update[preview] = gr.Image(item.preview, visible=True)
-                    yield update
-            except RequestError as e:
-                yield {error: gr.Markdown(error_markdown(e, numbers), visible=True), status: ""}
-            except AtelierError as e:  # model not available, cancelled before start, ...
-                yield {error: gr.Markdown(f"**error**: {e}", visible=True), status: ""}
-            finally:
-                cancel.cancel()  # a no-op after a finished run; stops a closed (Stopped) one
 
-        def _finished(result: Any, old_history: list) -> dict[Any, Any]:
-            paths = ctx.store.publish(result)
-            items = [(str(p), f"seed {s}") for p, s in zip(paths, result.seeds, strict=True)]
-            new_history = (items[::-1] + list(old_history))[:HISTORY_LIMIT]
-            t = result.timings
-            seeds = result.seeds
-            seed_text = f"Seed: {seeds[0]}" + (f" … {seeds[-1]}" if len(seeds) > 1 else "")
-            return {
-                gallery: gr.Gallery(items, selected_index=0),
-                shown: [(str(p), i) for p, i in zip(paths, result.infotexts, strict=True)],
-                selected: str(paths[0]),
-                info: result.infotexts[0],
-                seed_used: seed_text,
-                last_seed: seeds[0],
-                time_taken: f"Time: {t['total']:.2f} s (load {t['load']:.2f} s, "
-                f"run {t['run']:.2f} s, waited {t['queue']:.2f} s)",
-                preview: gr.Image(None, visible=False),
-                history: new_history,
-                history_items: new_history,
-                status: f"Done: {len(paths)} image(s) on {result.slot}",
-            }
+            def report(event: Any) -> None:
+                progress((event.step, event.total), desc=progress_text(event), unit="steps")
+
+            for update in handlers.generate(ctx, values, data[history_items],
+                                            ctx.caller(request), report):  # fmt: skip
+                yield {by_name[n]: v for n, v in update.items()}
 
         outputs = [error, status, preview, gallery, shown, selected, info, seed_used, last_seed,
                    time_taken, history, history_items]  # fmt: skip
+        by_name = dict(zip(handlers.OUTPUTS, outputs, strict=True))
         event = run.click(  # Ctrl+Enter in the prompts clicks it (the studio's JS)
-            gpu(generate),
+            gpu(run_job),
             inputs={*by_component, *lora_inputs, *control.inputs(), history_items},
             outputs=outputs,
             api_name="studio_generate",
@@ -207,10 +161,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
         stop.click(None, cancels=[event], api_name="stop", api_visibility="undocumented")
 
         def pick(evt: gr.SelectData, items: list) -> tuple[str, str | None]:
-            if not items or evt.index is None or evt.index >= len(items):
-                return "", None
-            path, infotext = items[evt.index]
-            return infotext, path
+            return handlers.pick(items, evt.index)
 
         gallery.select(pick, [shown], [info, selected], api_name="select_image",
                        api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
@@ -220,12 +171,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                          api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
 
         def on_model(name: str) -> list[Any]:
-            fam = family_of(ctx.manager, name)
-            cn = controlnet_choices(ctx.manager, fam.name)
-            return [*family_updates(fam, available_schedulers(fam)),
-                    refresh_search(ctx.manager, fam.name),
-                    *(gr.Dropdown(choices=cn, value=cn[0] if cn else None)
-                      for _ in control.model_outputs())]  # fmt: skip
+            return handlers.model_changed(ctx, name, len(control.model_outputs()))
 
         # .input, not .change: "Send to Generate" sets the model *and* its values in
         # one update, and must not be overwritten by the family defaults.
@@ -235,10 +181,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                     concurrency_limit=None)  # fmt: skip
 
         def on_refresh(name: str) -> list[Any]:
-            names = list(image_models(ctx.manager))
-            fam = family_of(ctx.manager, name) if name in names else None
-            return [gr.Dropdown(choices=names),
-                    refresh_search(ctx.manager, fam.name if fam else None)]  # fmt: skip
+            return handlers.models_refreshed(ctx, name)
 
         refresh.click(on_refresh, model, [model, loras.search], api_name="refresh_models",
                       api_visibility="undocumented", concurrency_limit=None)  # fmt: skip

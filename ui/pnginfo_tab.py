@@ -46,8 +46,10 @@ def build_pnginfo_tab() -> PngInfoTab:
                 note = gr.Markdown(visible=False, elem_id="atelier-pnginfo-note")
                 send = gr.Button("Send to Generate", variant="primary",
                                  elem_id="atelier-send-generate")  # fmt: skip
+        # queue=False: answered at once over HTTP (POST /gradio_api/run/png_info), even
+        # while generations fill the engine's queue.
         image.change(read_parameters, image, [parameters, note], api_name="png_info",
-                     concurrency_limit=None)  # fmt: skip
+                     queue=False)  # fmt: skip
     return PngInfoTab(blocks, image, parameters, note, send)
 
 

@@ -1,12 +1,11 @@
-"""Running one generation for a handler: a worker thread, a queue, a cancel token.
+"""Following one engine job from a Gradio handler, and where result files go.
 
-`manager.generate` blocks until the images are done. Gradio handlers here are
-generators: they must yield now and then, because Gradio can only close a
-generator (on Stop, or a client's `Job.cancel()`) while it is suspended at a
-`yield`. So the engine runs in a worker thread, its progress events come back
-through a queue, and the handler yields on each. When Gradio closes the
-handler, its `finally:` sets the CancelToken and the engine stops within one
-step (raising Cancelled in the worker, which nobody waits for any more).
+Jobs run in the engine (`manager.submit` returns a handle whose events arrive
+from the job's own thread). Gradio handlers here are generators: they must yield
+now and then, because Gradio can only close a generator (on Stop, or a client's
+`Job.cancel()`) while it is suspended at a `yield`. `stream_job` yields the job's
+events (throttled), and when Gradio closes the handler its `finally:` cancels the
+job: the engine stops within one step. One helper serves every kind of job.
 """
 
 from __future__ import annotations
@@ -15,71 +14,72 @@ import contextlib
 import functools
 import logging
 import os
-import queue
 import shutil
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from pipelines.jobs import Job, JobEvent
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
-_DONE = object()
 
 
-def stream_generation(
-    manager: Any, request: Any, cancel: Any, min_interval: float = 0.1, inputs: Any = None
-) -> Iterator[Any]:
-    """Yield ProgressEvents (at most one per `min_interval` s unless it carries a preview),
-    then the GenerationResult. Engine errors are re-raised here, in the caller's thread.
-    Closing this iterator early cancels the run. `inputs`: the request's images
-    (pipelines.tasks.Inputs), None for text-to-image."""
-    return stream_in_worker(
-        lambda on_progress: manager.generate(
-            request, on_progress=on_progress, cancel=cancel, inputs=inputs
-        ),
-        cancel,
-        min_interval,
-        name="atelier-generate",
-    )
-
-
-def stream_in_worker(
-    run: Callable[[Callable[[Any], None]], Any], cancel: Any, min_interval: float, name: str
-) -> Iterator[Any]:
-    """`run(on_progress)` (a blocking engine call) in a worker thread named `name`: yield
-    its ProgressEvents (at most one per `min_interval` s unless it carries a preview or
-    is the last step), then its result. Its errors are re-raised here, in the caller's
-    thread. Closing this iterator early sets `cancel` (a CancelToken)."""
-    events: queue.Queue[tuple[str, Any]] = queue.Queue()
-
-    def work() -> None:
-        try:
-            result = run(lambda e: events.put(("progress", e)))
-            events.put(("result", result))
-        except BaseException as e:  # handed to the caller, who decides what it means
-            events.put(("error", e))
-
-    worker = threading.Thread(target=work, name=name, daemon=True)
-    worker.start()
+def stream_job(job: Job, min_interval: float = 0.1) -> Iterator[JobEvent]:
+    """The job's events: every queued/started/preview event, progress at most once per
+    `min_interval` s (and the last step), then the result; an error event is raised
+    here as its exception. Closing this iterator early cancels the job."""
     last = 0.0
     try:
-        while True:
-            kind, value = events.get()
-            if kind == "error":
-                raise value
-            if kind == "result":
-                yield value
-                return
-            now = time.monotonic()
-            if value.preview is not None or value.step == value.total or now - last >= min_interval:
+        for event in job.events():
+            if event.kind in ("error", "cancelled"):
+                assert event.error is not None
+                raise event.error
+            if event.kind == "progress":
+                now = time.monotonic()
+                if event.step != event.total and now - last < min_interval:
+                    continue
                 last = now
-                yield value
+            yield event
     finally:
-        if worker.is_alive():
-            cancel.cancel()
+        if not job.done:
+            job.cancel()
+
+
+def progress_text(event: JobEvent) -> str:
+    """ "Step 3/20 · about 12 s left" (the ETA once the job has measured its steps)."""
+    text = f"Step {event.step}/{event.total}"
+    if event.eta is not None and event.step < event.total:
+        text += f" · about {event.eta:.0f} s left" if event.eta >= 1 else " · under a second left"
+    return text
+
+
+def queue_text(event: JobEvent) -> str:
+    return f"Waiting for a device… (number {event.position} in line)"
+
+
+def endpoint_stream(
+    manager: Any, spec: Any, caller: str, publish: Callable[[Any], tuple], outputs: int,
+    progress: Any = None,
+) -> Iterator[tuple]:  # fmt: skip
+    """An API endpoint's body for any kind of job: submit `spec` for `caller`, yield
+    gr.skip() for every output while it runs (so Gradio can close the handler on
+    `Job.cancel()`, which cancels the job) and report steps to `progress`
+    (a gr.Progress: `job.status()` shows them), then yield `publish(result)`."""
+    import gradio as gr
+
+    with shown_as_gradio_errors():
+        job = manager.submit(spec, caller)
+        for event in stream_job(job):
+            if event.kind == "result":
+                yield publish(event.result)
+                return
+            if progress is not None and event.total:
+                progress((event.step, event.total), desc=progress_text(event), unit="steps")
+            yield tuple(gr.skip() for _ in range(outputs))
 
 
 @contextlib.contextmanager

@@ -23,7 +23,10 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("auth", "", "require a login: user:password pairs separated by commas, or a "
             "file with one user:password a line (empty = no login)"),
     Setting("root_path", "", "URL path prefix when served behind a reverse proxy, e.g. /atelier"),
-    Setting("queue_size", 64, "most generation requests waiting in the queue (0 = unlimited)", int),
+    Setting("queue_size", 64, "most generation jobs waiting for a device, counted by the "
+            "engine over every front end; one more is refused (0 = unlimited)", int),
+    Setting("max_jobs_per_user", 0, "most jobs one caller (logged-in user, else client "
+            "address) may have waiting or running (0 = unlimited)", int),
 )  # fmt: skip
 
 

@@ -1,25 +1,29 @@
 """The studio: the tabs composed into one app, the wiring between them, and the queue.
 
-demo, launch_kwargs = build_studio(manager, outputs_dir="outputs", queue_size=64)
+demo, launch_kwargs = build_studio(manager, outputs_dir="outputs")
 demo.launch(**launch_kwargs, server_name="127.0.0.1", server_port=7860)
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from ui.api import build_api
-from ui.catalog import family_of, image_models, lora_choices
+from ui.catalog import lora_choices
 from ui.context import StudioContext
 from ui.form import widget_specs, widgets_from_request
 from ui.generate_tab import GenerateTab, build_generate_tab
 from ui.lora_panel import fill
 from ui.pnginfo_tab import PngInfoTab, build_pnginfo_tab
 from ui.video_tab import render_video
+
+if TYPE_CHECKING:
+    from pipelines.manager import PipelineManager
 
 TITLE = "Atelier"
 # Ctrl+Enter (Cmd+Enter on a Mac) in either prompt clicks Generate, as in A1111.
@@ -57,9 +61,9 @@ def send_to_generate(
         values = widgets_from_request(request_from_infotext(infotext))
     except RequestError as e:
         raise gr.Error(f"These parameters cannot be read: {e}") from None
-    models = image_models(ctx.manager)
+    models = ctx.manager.models("image")
     model = values["model"] if values["model"] in models else current_model
-    family = family_of(ctx.manager, model)
+    family = ctx.manager.registry.family_of(model)
     schedulers = available_schedulers(family)
     specs = widget_specs(family)
     w = gen.widgets
@@ -93,9 +97,18 @@ def send_outputs(gen: GenerateTab) -> list[Any]:
 
 
 def build_studio(
-    manager: Any, outputs_dir: str | Path | None = "outputs", queue_size: int = 64
+    manager: PipelineManager,
+    outputs_dir: str | Path | None = "outputs",
+    queue_size: int | None = None,
 ) -> tuple[gr.Blocks, dict[str, Any]]:
-    """The whole studio over `manager`, and extra keyword arguments for `launch()`."""
+    """The whole studio over `manager`, and extra keyword arguments for `launch()`.
+
+    The queue: the engine's admission limits generation jobs (`queue_size` here
+    overrides the manager's); Gradio's own queue has no size limit, so light events
+    (PNG Info, form updates, previews) always answer, and REST routes that never
+    enter Gradio's queue are limited by the same engine."""
+    if queue_size is not None:
+        manager.jobs.limits = replace(manager.jobs.limits, queue_size=queue_size)
     ctx = StudioContext.create(manager, outputs_dir)
     gen = build_generate_tab(ctx)
     info = build_pnginfo_tab()
@@ -110,9 +123,9 @@ def build_studio(
                 info.blocks.render()
         api.render()
         wire(ctx, gen, info, tabs)
-    demo.queue(max_size=queue_size or None, default_concurrency_limit=ctx.slots)
+    demo.queue(max_size=None, default_concurrency_limit=ctx.slots)
     demo.atelier_context = ctx  # tests and app.py reach the store through the app
-    return demo, launch_assets()
+    return demo, {**launch_assets(), "max_threads": ctx.max_threads()}
 
 
 def wire(ctx: StudioContext, gen: GenerateTab, info: PngInfoTab, tabs: gr.Tabs) -> None:

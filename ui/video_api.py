@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from ui.context import StudioContext
-from ui.runner import gpu, shown_as_gradio_errors
+from ui.runner import endpoint_stream, gpu, shown_as_gradio_errors
 from ui.video_form import DEFAULT_FORMAT, check_format, video_request_from_widgets
-from ui.video_runner import is_result, publish_video, stream_video
+from ui.video_runner import publish_video
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -66,28 +66,25 @@ def add_video_api(ctx: StudioContext) -> None:
             end_image: Image.Image | None = None,
             format: str = DEFAULT_FORMAT,  # noqa: A002 (the API's keyword, as the CLI's --format)
             lora_experts: str = "both",
+            request: gr.Request = None,  # type: ignore[assignment]
+            progress: gr.Progress = gr.Progress(),  # noqa: B008
         ) -> Iterator[tuple[Any, Any, Any]]:
             values = {"prompt": prompt, "negative_prompt": negative_prompt, "model": model,
                       "scheduler": scheduler, "frames": frames, "fps": fps, "width": width,
                       "height": height, "steps": steps, "cfg": cfg, "cfg2": cfg2,
                       "flow_shift": flow_shift, "seed": seed, "loras": loras,
                       "lora_experts": lora_experts}  # fmt: skip
-            from pipelines import CancelToken
+            from pipelines.video import VideoJob
 
-            cancel = CancelToken()
-            try:
-                with shown_as_gradio_errors():
-                    fmt = check_format(format)
-                    request = video_request_from_widgets(values)
-                    for item in stream_video(ctx.manager, request, image, end_image, cancel):
-                        if is_result(item):
-                            files = publish_video(ctx.store, item, fmt)
-                            yield str(files.file), str(files.parameters), item.seed
-                            return
-                        # Yielding lets Gradio close this generator on Job.cancel().
-                        yield gr.skip(), gr.skip(), gr.skip()
-            finally:
-                cancel.cancel()
+            with shown_as_gradio_errors():
+                fmt = check_format(format)
+                job = VideoJob(video_request_from_widgets(values), image, end_image)
+
+            def publish(result: Any) -> tuple[Any, Any, Any]:
+                files = publish_video(ctx.store, result, fmt)
+                return str(files.file), str(files.parameters), result.seed
+
+            yield from endpoint_stream(ctx.manager, job, ctx.caller(request), publish, 3, progress)
 
         trigger.click(gpu(video_endpoint), inputs, [video, parameters, seed_used],
                       api_name="video", show_progress="hidden", **ctx.gpu_event())  # fmt: skip

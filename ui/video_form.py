@@ -12,15 +12,16 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipelines import families
-from pipelines.errors import AtelierError, RequestError
+from pipelines.errors import RequestError
 from pipelines.export import FORMATS
 from pipelines.families import Family
 from pipelines.request import MAX_STEPS
-from ui.form import CFG_STEP, parse_loras
+from ui.form import CFG_STEP, blank, parse_loras, whole
 
 if TYPE_CHECKING:
     from PIL import Image
 
+    from pipelines.manager import PipelineManager
     from pipelines.video import VideoRequest
 
 # Widget / API keyword name -> VideoRequest field.
@@ -48,32 +49,9 @@ FPS_RANGE = families.FPS_RANGE
 MAX_VIDEO_CFG = families.CFG_RANGE[1]
 
 
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _whole(value: Any) -> Any:
-    """9.0 -> 9, "9" -> 9 (sliders and JSON numbers arrive as floats); anything else
-    unchanged, so the engine's validation reports it with its rule."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        return int(value)
-    return value
-
-
-def video_models(manager: Any) -> dict[str, Family]:
-    """Models the Video tab can run (kind "video"), in the registry's order. A broken
-    folder is left out (and logged by the registry), never fatal to the dropdown."""
-    out: dict[str, Family] = {}
-    for name in manager.registry.names():
-        try:
-            family = manager.registry.family_of(name)
-        except AtelierError:
-            continue
-        if family.kind == "video":
-            out[name] = family
-    return out
+def video_models(manager: PipelineManager) -> dict[str, Family]:
+    """Models the Video tab can run (kind "video"), in the registry's order."""
+    return manager.models("video")
 
 
 def video_specs(family: Family) -> dict[str, dict[str, Any]]:
@@ -138,7 +116,7 @@ def for_family(
 
 def check_format(fmt: Any) -> str:
     """The export format (blank = mp4), or a RequestError listing the choices."""
-    if _blank(fmt):
+    if blank(fmt):
         return DEFAULT_FORMAT
     if fmt not in FORMATS:
         raise RequestError("format", f"must be one of {', '.join(FORMATS)}, got {fmt!r}")
@@ -160,21 +138,21 @@ def video_request_from_widgets(values: Mapping[str, Any]) -> VideoRequest:
     }
     for name in ("model", "scheduler"):
         value = values.get(name)
-        kwargs[name] = None if _blank(value) else value
+        kwargs[name] = None if blank(value) else value
     for name in ("frames", "width", "height", "steps"):
         value = values.get(name)
-        kwargs[VIDEO_FIELDS[name]] = None if _blank(value) else _whole(value)
+        kwargs[VIDEO_FIELDS[name]] = None if blank(value) else whole(value)
     for name in ("cfg", "cfg2", "flow_shift"):
         value = values.get(name)
-        kwargs[VIDEO_FIELDS[name]] = None if _blank(value) else value
+        kwargs[VIDEO_FIELDS[name]] = None if blank(value) else value
     fps = values.get("fps")
-    if not _blank(fps):  # else VideoRequest's default
-        kwargs["fps"] = _whole(fps)
+    if not blank(fps):  # else VideoRequest's default
+        kwargs["fps"] = whole(fps)
     seed = values.get("seed")
-    kwargs["seed"] = -1 if _blank(seed) else _whole(seed)
+    kwargs["seed"] = -1 if blank(seed) else whole(seed)
     kwargs["loras"] = parse_loras(values.get("loras"))
     experts = values.get("lora_experts")
-    if not _blank(experts):
+    if not blank(experts):
         kwargs["lora_experts"] = experts
     return VideoRequest(**kwargs)
 

@@ -1,11 +1,5 @@
-"""Running one video request for a handler, and publishing its files.
-
-`manager.generate_video` blocks until the frames are decoded, and Gradio can only
-close a handler (on Stop, or a client's `Job.cancel()`) while it is suspended at a
-`yield`. So, as for images, `ui.runner.stream_in_worker` runs the engine in a
-worker thread, its progress events come back through a queue, and the handler
-yields on each; closing the stream sets the CancelToken, and the engine stops
-within one step, skipping the VAE decode.
+"""Publishing a video job's files (the job itself is followed by ui.runner.stream_job,
+as every kind of job is).
 
 Files: the chosen format and its JSON sidecar go to the outputs folder (if on) and
 are copied into a fresh unguessable folder under the studio's scratch folder,
@@ -19,40 +13,11 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from ui.runner import ImageStore, stream_in_worker
-
-if TYPE_CHECKING:
-    from PIL import Image
-
-
-def stream_video(
-    manager: Any,
-    request: Any,
-    image: Image.Image | None,
-    end_image: Image.Image | None,
-    cancel: Any,
-    min_interval: float = 0.1,
-) -> Iterator[Any]:
-    """ProgressEvents (at most one per `min_interval` s unless it carries a preview or is
-    the last step), then the VideoResult (it has `frames`). Engine errors are re-raised
-    here, in the caller's thread. Closing this iterator early cancels the run."""
-    return stream_in_worker(
-        lambda on_progress: manager.generate_video(
-            request, image=image, end_image=end_image, on_progress=on_progress, cancel=cancel
-        ),
-        cancel,
-        min_interval,
-        name="atelier-video",
-    )
-
-
-def is_result(item: Any) -> bool:
-    return hasattr(item, "frames")
+from ui.runner import ImageStore
 
 
 @dataclass(frozen=True)

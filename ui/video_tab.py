@@ -1,9 +1,9 @@
 """The Video tab: Wan text/image-to-video with a player, downloads, progress and Stop.
 
-Layout and thin handlers only: widget values go through `ui.video_form` into a
-VideoRequest, the engine runs in `ui.video_runner.stream_video`, and the result
-comes back as files (the chosen format, its JSON parameters, an MP4 for the
-player). The `/video` API (ui/video_api.py) is added with the tab, so the
+Layout and wiring only: the handlers are plain functions in ui/video_handlers.py
+(widget values go through `ui.video_form` into a VideoRequest, the engine runs it as
+a job, and the result comes back as files: the chosen format, its JSON parameters,
+an MP4 for the player). The `/video` API (ui/video_api.py) is added with the tab, so the
 studio adds the feature with one call: `render_video(ctx)` inside its gr.Tabs.
 """
 
@@ -14,25 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-from PIL import Image
-from PIL.Image import Resampling
 
+from ui import video_handlers as handlers
 from ui.context import StudioContext
-from ui.form import error_markdown
-from ui.runner import gpu
+from ui.runner import gpu, progress_text
 from ui.video_api import add_video_api
-from ui.video_form import (
-    DEFAULT_FORMAT,
-    for_family,
-    image_inputs,
-    timing_text,
-    video_models,
-    video_request_from_widgets,
-    video_specs,
-)
-from ui.video_runner import is_result, publish_video, stream_video
+from ui.video_form import DEFAULT_FORMAT, image_inputs, video_models, video_specs
+from ui.video_handlers import enlarged  # noqa: F401 (the tab's preview scaling, re-exported)
 
-PREVIEW_SIZE = 256  # pixels, the longer side
 SOURCES: list[Any] = ["upload", "clipboard"]
 LORA_HINT = '{"my-wan-lora": 0.8}  (optional: LoRA name to weight, as JSON)'
 
@@ -43,25 +32,6 @@ class VideoTab:
     widgets: dict[str, Any]  # form name (ui.video_form.VIDEO_FIELDS) -> component
     player: gr.Video
     event: Any  # the generation event (Stop cancels it)
-
-
-def enlarged(image: Image.Image, target: int = PREVIEW_SIZE) -> Image.Image:
-    """A latent-sized preview (1/8 or 1/16 of the frame) scaled up by a whole factor, with
-    nearest-neighbour, so its blocks stay honest instead of a blurred stamp."""
-    factor = max(1, target // max(image.size))
-    return image.resize((image.width * factor, image.height * factor), Resampling.NEAREST)
-
-
-def family_updates(family: Any) -> list[Any]:
-    """Scheduler, frames, width, height, steps, cfg, cfg2, start and end image for a family."""
-    from pipelines.schedulers import available_schedulers
-
-    specs, shown = video_specs(family), image_inputs(family)
-    sliders = [gr.Slider(**specs[k]) for k in ("frames", "width", "height", "steps", "cfg")]
-    return [gr.Dropdown(choices=available_schedulers(family), value=family.default_scheduler),
-            *sliders, gr.Slider(**specs["cfg2"], visible=shown["cfg2_visible"]),
-            gr.Image(visible=shown["start_visible"], label=shown["start_label"]),
-            gr.Image(visible=shown["end_visible"])]  # fmt: skip
 
 
 def build_video_tab(ctx: StudioContext) -> VideoTab:
@@ -163,55 +133,25 @@ def build_video_tab(ctx: StudioContext) -> VideoTab:
                    "lora_experts": lora_experts}  # fmt: skip
         by_component = {c: name for name, c in widgets.items()}
 
-        def generate(data: dict[Any, Any], progress: gr.Progress = gr.Progress()) -> Iterator[dict]:  # noqa: B008
-            from pipelines import CancelToken
-            from pipelines.errors import AtelierError, RequestError
+        def run_job(
+            data: dict[Any, Any],
+            request: gr.Request,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008
+        ) -> Iterator[dict]:
+            values = {name: data[c] for c, name in by_component.items()}
 
-            cancel = CancelToken()
-            try:
-                values = {name: data[c] for c, name in by_component.items()}
-                if not values["model"]:
-                    raise RequestError("model", "pick a video model")
-                fam = ctx.manager.registry.family_of(values["model"])
-                values, start, end = for_family(values, data[image], data[end_image], fam)
-                request = video_request_from_widgets(values)
-                yield {error: gr.Markdown(visible=False), status: "Waiting for a device…"}
-                for item in stream_video(ctx.manager, request, start, end, cancel):
-                    if is_result(item):
-                        yield _finished(item, data[fmt])
-                        return
-                    progress((item.step, item.total), unit="steps")
-                    update: dict[Any, Any] = {status: f"Step {item.step}/{item.total}"}
-                    if item.preview is not None:
-                        update[preview] = gr.Image(enlarged(item.preview), visible=True)
-                    yield update
-            except RequestError as e:
-                yield {error: gr.Markdown(error_markdown(e), visible=True), status: ""}
-            except AtelierError as e:  # model not available, cancelled before start, ...
-                yield {error: gr.Markdown(f"**error**: {e}", visible=True), status: ""}
-            finally:
-                cancel.cancel()  # a no-op after a finished run; stops a closed (Stopped) one
+            def report(event: Any) -> None:
+                progress((event.step, event.total), desc=progress_text(event), unit="steps")
 
-        def _finished(result: Any, chosen: str) -> dict[Any, Any]:
-            files = publish_video(ctx.store, result, chosen or DEFAULT_FORMAT)
-            label = f"Download {files.file.suffix[1:].upper()}"
-            req = result.request
-            return {
-                player: str(files.player),
-                download: gr.DownloadButton(label, value=str(files.file), visible=True),
-                download_json: gr.DownloadButton(value=str(files.parameters), visible=True),
-                seed_used: f"Seed: {result.seed}",
-                last_seed: result.seed,
-                time_taken: timing_text(result.timings),
-                preview: gr.Image(None, visible=False),
-                status: f"Done: {req.num_frames} frames, {req.width}x{req.height} at "
-                f"{req.fps} fps on {result.slot}",
-            }
+            for update in handlers.generate(ctx, values, data[image], data[end_image], data[fmt],
+                                            ctx.caller(request), report):  # fmt: skip
+                yield {by_name[n]: v for n, v in update.items()}
 
         outputs = [error, status, preview, player, download, download_json, seed_used,
                    last_seed, time_taken]  # fmt: skip
+        by_name = dict(zip(handlers.OUTPUTS, outputs, strict=True))
         event = run.click(
-            gpu(generate),
+            gpu(run_job),
             inputs={*widgets.values(), image, end_image, fmt},
             outputs=outputs,
             api_name="studio_video",
@@ -226,7 +166,7 @@ def build_video_tab(ctx: StudioContext) -> VideoTab:
                          api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
 
         def on_model(name: str) -> list[Any]:
-            return family_updates(ctx.manager.registry.family_of(name))
+            return handlers.family_changed(ctx.manager.registry.family_of(name))
 
         model.input(on_model, model,
                     [scheduler, frames, width, height, steps, cfg, cfg2, image, end_image],

@@ -1,0 +1,48 @@
+"""What every kind of job shares: the engine's settings and the parts built from
+them once (model registry, LoRA and ControlNet libraries, device slots).
+
+The job runners (image_job.py, video.py, ...) are peers over an EngineCore; the
+PipelineManager (manager.py) builds the core and registers the runners.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .controlnets import ControlNetLibrary
+from .loading import LoadOptions
+from .loras import LoraLibrary
+from .registry import ModelRegistry
+from .slots import SlotPool
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    devices: tuple[str, ...] = ()  # () = every CUDA GPU, else one CPU slot
+    default_model: str = "tiny-sd"
+    models_dir: Path | None = None
+    loras_dir: Path | None = None
+    controlnets_dir: Path | None = None
+    annotators_dir: Path | None = None  # weights of the ControlNet preprocessors
+    cache_root: Path | None = None  # built-in models; None = ~/.cache/atelier
+    cache_budget_mb: int | None = None  # per slot; None = 90% of GPU memory / half the RAM
+    allow_hub: bool = True
+    preview_every: int = 0  # steps between previews; 0 = none
+    lora_mode: str = "switch"  # "switch" | "fused" | "hotswap" (see adapters.py)
+    lora_cache_count: int = 16  # resident adapters per cached model
+    lora_cache_mb: int = 2048
+    lora_hotswap_rank: int = 64
+    queue_size: int = 0  # jobs waiting for a slot (0 = unlimited); see jobs.Limits
+    max_jobs_per_user: int = 0  # waiting + running jobs of one caller (0 = unlimited)
+    max_work: int = 0  # work of one request, width x height x steps x images (0 = unlimited)
+    load: LoadOptions = field(default_factory=LoadOptions)
+
+
+@dataclass
+class EngineCore:
+    settings: EngineSettings
+    registry: ModelRegistry
+    loras: LoraLibrary
+    controlnets: ControlNetLibrary
+    pool: SlotPool

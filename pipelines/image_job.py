@@ -1,0 +1,207 @@
+"""Image jobs: text-to-image, image-to-image, inpainting and ControlNet.
+
+The runner of `ImageJob`s over the engine core (see jobs.py for the job API):
+`prepare` validates and resolves a request up front; `run` takes a slot holding
+the model and makes every image.
+
+Per job: a fresh scheduler built from the model's pristine config and a fresh
+pipeline object sharing the cached modules (swapping sampler never reloads
+weights); the job's LoRAs active on the cached model only while it runs; one CPU
+generator per image (seed, seed+1, ...: any image of a batch reproduces alone,
+on any device); cancel raises from the step callback, so the run stops within
+one step and skips the VAE decode.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+from PIL import Image
+
+from . import preprocess
+from .cache import module_bytes
+from .controlnets import load_controlnet
+from .core import EngineCore
+from .errors import Cancelled, RequestError
+from .hashes import folder_model_hash
+from .jobs import JobContext, Prepared
+from .loading import fresh_pipeline
+from .loras import LoraEntry, check_family
+from .parameters import infotext_for
+from .progress import step_callback
+from .registry import ModelEntry
+from .request import GenerationRequest, check_name, chosen_seed, resolve_defaults, validate
+from .schedulers import build_scheduler, get_spec
+from .slots import DeviceSlot, LoadedModel, lora_scope
+from .tasks import Inputs, check_inputs, crop_inputs, dtype_of, paste_back, task_arguments, task_of
+from .tasks import build as build_task
+
+
+@dataclass(frozen=True)
+class ImageJob:
+    request: GenerationRequest
+    inputs: Inputs = field(default_factory=Inputs)  # init image, mask, control images
+
+
+@dataclass
+class GenerationResult:
+    request: GenerationRequest  # resolved: defaults filled in, seed chosen
+    images: list[Image.Image]
+    seeds: list[int]
+    infotexts: list[str]
+    slot: str
+    timings: dict[str, float]  # seconds: prepare, queue, load, run, total
+
+
+@dataclass(frozen=True)
+class _Ready:
+    entry: ModelEntry
+    inputs: Inputs
+    loras: list[tuple[LoraEntry, float]]
+    t0: float
+    prepare_s: float
+
+
+def image_work(req: GenerationRequest) -> int:
+    """What the work budget counts: width x height x steps x images."""
+    return req.width * req.height * req.num_inference_steps * req.image_count()
+
+
+class ImageRunner:
+    kind = "image"
+
+    def __init__(self, core: EngineCore) -> None:
+        self.core = core
+
+    # -- 1. validate and resolve (no slot needed) -------------------------------
+    def resolve(
+        self, request: GenerationRequest, inputs: Inputs | None = None
+    ) -> tuple[GenerationRequest, ModelEntry]:
+        """Resolve defaults, validate (images too), and choose the seed. Raises RequestError."""
+        if not isinstance(request, GenerationRequest):
+            raise RequestError("request", "must be a GenerationRequest")
+        core = self.core
+        name = request.model or core.settings.default_model
+        check_name("model", name, "model")
+        entry = core.registry.resolve(name)
+        if entry.family.kind != "image":
+            rule = f"'{name}' is a {entry.family.label} video model; use the video command"
+            raise RequestError("model", rule)
+        req = resolve_defaults(request, name, entry.family)
+        validate(req, entry.family)
+        get_spec(req.scheduler, entry.family)  # unknown scheduler -> list of valid ones
+        for lora_name, _ in req.loras:
+            check_family(core.loras.get(lora_name), entry.family.name, name)
+        check_inputs(req, inputs or Inputs(), entry.family.name, name)
+        for i, unit in enumerate(req.controlnets):
+            cn = core.controlnets.get(unit.model, f"controlnets[{i}].model")
+            cn.check_family(entry.family.name, name, f"controlnets[{i}].model")
+            preprocess.check(unit.module, core.settings.annotators_dir, f"controlnets[{i}].module")
+        return replace(req, seed=chosen_seed(req.seed)), entry
+
+    def prepare(self, job: ImageJob) -> Prepared:
+        t0 = time.perf_counter()
+        if not isinstance(job, ImageJob):
+            raise RequestError("request", "must be an ImageJob")
+        inputs = job.inputs or Inputs()
+        req, entry = self.resolve(job.request, inputs)
+        loras = [(self.core.loras.get(n), w) for n, w in req.loras]
+        ready = _Ready(entry, inputs, loras, t0, time.perf_counter() - t0)
+        return Prepared(req, image_work(req), entry.name, ready)
+
+    # -- 2. run on a slot ------------------------------------------------------
+    def run(self, prepared: Prepared, ctx: JobContext) -> GenerationResult:
+        req: GenerationRequest = prepared.spec
+        ready: _Ready = prepared.data
+        timings = {"prepare": ready.prepare_s}
+        pool = self.core.pool
+        with pool.model_on_slot(ready.entry, ctx.job, timings, ctx.on_slot) as (slot, loaded):
+            images, seeds = self._images(slot, loaded, req, ready, ctx)
+        # describe each image
+        lora_hashes = {e.name: e.short_hash for e, _ in ready.loras}
+        cn_hashes = {u.model: folder_model_hash(self.core.controlnets.get(u.model).path)
+                     for u in req.controlnets}  # fmt: skip
+        task = task_of(req, ready.inputs)
+        infotexts = [infotext_for(req, s, loaded.model_hash, lora_hashes, task, cn_hashes)
+                     for s in seeds]  # fmt: skip
+        timings["total"] = time.perf_counter() - ready.t0
+        return GenerationResult(req, images, seeds, infotexts, slot.name, timings)
+
+    def _images(
+        self, slot: DeviceSlot, loaded: LoadedModel, req: GenerationRequest, ready: _Ready,
+        ctx: JobContext,
+    ) -> tuple[list[Image.Image], list[int]]:  # fmt: skip
+        family = loaded.entry.family
+        settings = self.core.settings
+        whole = inputs = ready.inputs
+        task = task_of(req, inputs)
+        box = None
+        if task.startswith("inpaint") and req.inpaint_area == "masked":
+            inputs, box = crop_inputs(req, whole)  # generate the box, paste it back below
+        images: list[Image.Image] = []
+        all_seeds: list[int] = []
+        with self._controlnets(slot, loaded, req) as controlnets, lora_scope(loaded, ready.loras):
+            maps = [preprocess.run(u.module, inputs.control_images[i], req.width, req.height,
+                                   settings.annotators_dir, u.low_threshold,
+                                   u.high_threshold, req.seed)
+                    for i, u in enumerate(req.controlnets)]  # fmt: skip
+            for call in range(req.batch_count):
+                if ctx.cancel.cancelled:
+                    raise Cancelled("cancelled")
+                seeds = [req.seed + call * req.batch_size + i for i in range(req.batch_size)]
+                scheduler = build_scheduler(req.scheduler, family, loaded.pristine_scheduler, seeds)
+                if task == "txt2img":
+                    pipe = fresh_pipeline(loaded.pipeline, scheduler)
+                else:
+                    pipe = build_task(loaded.pipeline, family.name, task, scheduler, controlnets)
+                callback = step_callback(family.name, call, req.batch_count, req.height,
+                                         req.width, ctx.on_progress, ctx.cancel,
+                                         settings.preview_every)  # fmt: skip
+                args = {**call_arguments(req, family.name, seeds),
+                        **task_arguments(req, task, inputs, maps)}  # fmt: skip
+                if "width" not in inspect.signature(pipe.__call__).parameters:
+                    del args["width"], args["height"]  # img2img: the resized init image's size
+                out = pipe(**args, callback_on_step_end=callback,
+                           callback_on_step_end_tensor_inputs=["latents"])  # fmt: skip
+                if box is not None:
+                    out.images = [paste_back(im, whole, box, req.mask_blur) for im in out.images]
+                images.extend(out.images)
+                all_seeds.extend(seeds)
+        return images, all_seeds
+
+    @contextmanager
+    def _controlnets(
+        self, slot: DeviceSlot, loaded: LoadedModel, req: GenerationRequest
+    ) -> Iterator[list[Any]]:
+        """The request's ControlNets, loaded into the slot's cache and locked while used."""
+        with ExitStack() as stack:
+            models = []
+            for unit in req.controlnets:
+                cn = self.core.controlnets.get(unit.model)
+                if cn.key not in slot.cache:
+                    model = load_controlnet(cn, slot.device, dtype_of(loaded.pipeline))
+                    slot.cache.put(cn.key, model, module_bytes(model))
+                models.append(stack.enter_context(slot.cache.locked(cn.key)))
+            yield models
+
+
+def call_arguments(req: GenerationRequest, family: str, seeds: list[int]) -> dict[str, Any]:
+    """The diffusers __call__ arguments of one call (shared with the parity tests)."""
+    args: dict[str, Any] = {
+        "prompt": req.prompt,
+        "num_inference_steps": req.num_inference_steps,
+        "guidance_scale": req.guidance_scale,
+        "width": req.width,
+        "height": req.height,
+        "num_images_per_prompt": req.batch_size,
+        "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
+    }
+    if family != "flux":
+        args["negative_prompt"] = req.negative_prompt or None
+    return args

@@ -1,0 +1,115 @@
+"""The Generate tab's event handlers: plain functions of (context, values) that return
+or yield updates keyed by output name, so tests call them without a server. The tab
+(ui/generate_tab.py) only lays out components and maps these names to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+import gradio as gr
+
+from ui.context import HISTORY_LIMIT, StudioContext
+from ui.form import error_markdown, family_updates, studio_form, widget_specs
+from ui.lora_panel import refresh_search
+from ui.runner import progress_text, queue_text, stream_job
+
+# What `generate` updates, by name (the tab's outputs, in this order).
+OUTPUTS = ("error", "status", "preview", "gallery", "shown", "selected", "info", "seed_used",
+           "last_seed", "time_taken", "history", "history_items")  # fmt: skip
+FAMILY_SLIDERS = ("steps", "cfg", "width", "height")
+
+
+def generate(
+    ctx: StudioContext,
+    values: Mapping[str, Any],
+    old_history: list,
+    caller: str,
+    progress: Callable[[Any], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Run the form's request as a job: a first update, one per job event, then the
+    result (or the error, naming the field). `values`: the form's values by name
+    (ui.form.studio_form's input); `progress` hears each progress event."""
+    from pipelines.errors import AtelierError, RequestError
+    from pipelines.image_job import ImageJob
+
+    numbers: list[int] = []
+    try:
+        form = studio_form(values)
+        numbers = form.unit_numbers
+        job = ctx.manager.submit(ImageJob(form.request, form.images.inputs()), caller)
+        yield {"error": gr.Markdown(visible=False), "status": "Waiting for a device…"}
+        for event in stream_job(job):
+            if event.kind == "result":
+                yield finished(ctx, event.result, old_history)
+                return
+            if progress is not None and event.total:
+                progress(event)
+            yield running(event)
+    except RequestError as e:
+        yield {"error": gr.Markdown(error_markdown(e, numbers), visible=True), "status": ""}
+    except AtelierError as e:  # model not available, cancelled before start, ...
+        yield {"error": gr.Markdown(f"**error**: {e}", visible=True), "status": ""}
+
+
+def running(event: Any, shown: Callable[[Any], Any] = lambda image: image) -> dict[str, Any]:
+    """The status line (and the preview, through `shown`) for a job event that is not
+    the result. Shared by the Generate and Video tabs."""
+    if event.kind == "queued":
+        return {"status": queue_text(event)}
+    if event.kind == "started":
+        return {"status": f"Loading on {event.slot}…"}
+    update: dict[str, Any] = {"status": progress_text(event)}
+    if event.preview is not None:
+        update["preview"] = gr.Image(shown(event.preview), visible=True)
+    return update
+
+
+def finished(ctx: StudioContext, result: Any, old_history: list) -> dict[str, Any]:
+    """Every result output for a finished job: files published, history extended."""
+    paths = ctx.store.publish(result)
+    items = [(str(p), f"seed {s}") for p, s in zip(paths, result.seeds, strict=True)]
+    new_history = (items[::-1] + list(old_history))[:HISTORY_LIMIT]
+    t = result.timings
+    seeds = result.seeds
+    seed_text = f"Seed: {seeds[0]}" + (f" … {seeds[-1]}" if len(seeds) > 1 else "")
+    return {
+        "gallery": gr.Gallery(items, selected_index=0),
+        "shown": [(str(p), i) for p, i in zip(paths, result.infotexts, strict=True)],
+        "selected": str(paths[0]),
+        "info": result.infotexts[0],
+        "seed_used": seed_text,
+        "last_seed": seeds[0],
+        "time_taken": f"Time: {t['total']:.2f} s (load {t['load']:.2f} s, "
+        f"run {t['run']:.2f} s, waited {t['queue']:.2f} s)",
+        "preview": gr.Image(None, visible=False),
+        "history": new_history,
+        "history_items": new_history,
+        "status": f"Done: {len(paths)} image(s) on {result.slot}",
+    }
+
+
+def pick(items: list, index: int | None) -> tuple[str, str | None]:
+    """(infotext, path) of gallery item `index` ("", None when there is none)."""
+    if not items or index is None or index >= len(items):
+        return "", None
+    path, infotext = items[index]
+    return infotext, path
+
+
+def model_changed(ctx: StudioContext, name: str, units: int) -> list[Any]:
+    """Sampler and sliders at the family's defaults, the LoRA search for the family, and
+    each of `units` ControlNet dropdowns offering the family's ControlNets."""
+    fam = ctx.manager.registry.family_of(name)
+    cn = ctx.manager.controlnets.names(fam.name)
+    dropdowns = [gr.Dropdown(choices=cn, value=cn[0] if cn else None) for _ in range(units)]
+    return [*family_updates(fam, widget_specs(fam), FAMILY_SLIDERS),
+            refresh_search(ctx.manager, fam.name), *dropdowns]  # fmt: skip
+
+
+def models_refreshed(ctx: StudioContext, name: str) -> list[Any]:
+    """The model list read again, and the LoRA search for the current model's family."""
+    names = list(ctx.manager.models("image"))
+    fam = ctx.manager.registry.family_of(name) if name in names else None
+    return [gr.Dropdown(choices=names), refresh_search(ctx.manager, fam.name if fam else None)]

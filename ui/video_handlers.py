@@ -1,0 +1,105 @@
+"""The Video tab's event handlers: plain functions of (context, values) that return or
+yield updates keyed by output name, so tests call them without a server. The tab
+(ui/video_tab.py) only lays out components and maps these names to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import gradio as gr
+from PIL.Image import Resampling
+
+from ui.context import StudioContext
+from ui.form import error_markdown, family_updates
+from ui.generate_handlers import running
+from ui.runner import stream_job
+from ui.video_form import (
+    DEFAULT_FORMAT,
+    for_family,
+    image_inputs,
+    timing_text,
+    video_request_from_widgets,
+    video_specs,
+)
+from ui.video_runner import publish_video
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from pipelines.families import Family
+
+PREVIEW_SIZE = 256  # pixels, the longer side
+OUTPUTS = ("error", "status", "preview", "player", "download", "download_json", "seed_used",
+           "last_seed", "time_taken")  # fmt: skip
+FAMILY_SLIDERS = ("frames", "width", "height", "steps", "cfg")
+
+
+def enlarged(image: Image.Image, target: int = PREVIEW_SIZE) -> Image.Image:
+    """A latent-sized preview (1/8 or 1/16 of the frame) scaled up by a whole factor, with
+    nearest-neighbour, so its blocks stay honest instead of a blurred stamp."""
+    factor = max(1, target // max(image.size))
+    return image.resize((image.width * factor, image.height * factor), Resampling.NEAREST)
+
+
+def generate(
+    ctx: StudioContext,
+    values: Mapping[str, Any],
+    start: Any,
+    end: Any,
+    fmt: str | None,
+    caller: str,
+    progress: Callable[[Any], None] | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Run the form's video request as a job; updates as ui.generate_handlers.generate.
+    `values`: the Video form's values by name; `start`/`end`: the images (PIL or None)."""
+    from pipelines.errors import AtelierError, RequestError
+    from pipelines.video import VideoJob
+
+    try:
+        if not values.get("model"):
+            raise RequestError("model", "pick a video model")
+        fam = ctx.manager.registry.family_of(values["model"])
+        values, start, end = for_family(dict(values), start, end, fam)
+        job = ctx.manager.submit(VideoJob(video_request_from_widgets(values), start, end), caller)
+        yield {"error": gr.Markdown(visible=False), "status": "Waiting for a device…"}
+        for event in stream_job(job):
+            if event.kind == "result":
+                yield finished(ctx, event.result, fmt)
+                return
+            if progress is not None and event.total:
+                progress(event)
+            yield running(event, enlarged)
+    except RequestError as e:
+        yield {"error": gr.Markdown(error_markdown(e), visible=True), "status": ""}
+    except AtelierError as e:  # model not available, cancelled before start, ...
+        yield {"error": gr.Markdown(f"**error**: {e}", visible=True), "status": ""}
+
+
+def finished(ctx: StudioContext, result: Any, fmt: str | None) -> dict[str, Any]:
+    """Every result output for a finished video job: files published for the player
+    and the download buttons."""
+    files = publish_video(ctx.store, result, fmt or DEFAULT_FORMAT)
+    label = f"Download {files.file.suffix[1:].upper()}"
+    req = result.request
+    return {
+        "player": str(files.player),
+        "download": gr.DownloadButton(label, value=str(files.file), visible=True),
+        "download_json": gr.DownloadButton(value=str(files.parameters), visible=True),
+        "seed_used": f"Seed: {result.seed}",
+        "last_seed": result.seed,
+        "time_taken": timing_text(result.timings),
+        "preview": gr.Image(None, visible=False),
+        "status": f"Done: {req.num_frames} frames, {req.width}x{req.height} at "
+        f"{req.fps} fps on {result.slot}",
+    }
+
+
+def family_changed(family: Family) -> list[Any]:
+    """Scheduler, frames, width, height, steps, cfg, cfg2, start and end image for a family."""
+    specs, shown = video_specs(family), image_inputs(family)
+    return [*family_updates(family, specs, FAMILY_SLIDERS),
+            gr.Slider(**specs["cfg2"], visible=shown["cfg2_visible"]),
+            gr.Image(visible=shown["start_visible"], label=shown["start_label"]),
+            gr.Image(visible=shown["end_visible"])]  # fmt: skip
