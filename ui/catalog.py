@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pipelines.manager import PipelineManager
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +35,7 @@ class LoraChoice:
         return title + extra
 
 
-def lora_choices(manager: Any, family: str | None) -> list[LoraChoice]:
+def lora_choices(manager: PipelineManager, family: str | None) -> list[LoraChoice]:
     """LoRAs for `family`, with metadata when the library provides `entries()`;
     otherwise (older engine) every name, without metadata."""
     library = manager.loras
@@ -55,7 +58,7 @@ def lora_choices(manager: Any, family: str | None) -> list[LoraChoice]:
     return out
 
 
-def rescan_loras(manager: Any) -> None:
+def rescan_loras(manager: PipelineManager) -> None:
     rescan = getattr(manager.loras, "rescan", None)
     if rescan is not None:
         rescan()

@@ -11,13 +11,20 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipelines.manager import PipelineManager
 
 EXIT_BAD_INPUT = 2
 
 
 def run_one(
-    manager: Any, request: Any, out: Path | None, task_id: str | None, inputs: Any = None
+    manager: PipelineManager,
+    request: Any,
+    out: Path | None,
+    task_id: str | None,
+    inputs: Any = None,
 ) -> dict:
     from pipelines.outputs import check_task_id, save_result
 
@@ -34,7 +41,7 @@ def run_one(
     }
 
 
-def run_jobs(manager: Any, jobs_file: Path, out: Path | None) -> int:
+def run_jobs(manager: PipelineManager, jobs_file: Path, out: Path | None) -> int:
     """One JSON result line per job; a bad job is reported and the rest still run."""
     from tqdm import tqdm
 
@@ -64,7 +71,7 @@ def run_jobs(manager: Any, jobs_file: Path, out: Path | None) -> int:
     return worst
 
 
-def inputs_from_job(data: dict[str, Any], manager: Any, base: Path) -> Any:
+def inputs_from_job(data: dict[str, Any], manager: PipelineManager, base: Path) -> Any:
     """Take a job's image paths (init_image, mask_image, controlnets[k].image) out of
     `data` and open them, relative to the jobs file's folder; returns Inputs."""
     from pipelines.errors import RequestError
@@ -112,7 +119,7 @@ def open_image(field_name: str, path: Path | str | None, base: Path | None = Non
     return image
 
 
-def default_controlnet(manager: Any, model: str | None) -> str:
+def default_controlnet(manager: PipelineManager, model: str | None) -> str:
     """The first ControlNet of the model's family (the one --controlnet overrides)."""
     from pipelines.errors import RequestError
 

@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from ui.form import UNIT_FIELDS, open_image
+
+if TYPE_CHECKING:
+    from pipelines.manager import PipelineManager
 
 log = logging.getLogger(__name__)
 CONTROL_UNITS = 3
@@ -28,7 +31,7 @@ def unit_defaults() -> dict[str, Any]:
     return {f.name: f.default for f in fields(ControlUnit) if f.name != "model"}
 
 
-def module_choices(manager: Any) -> tuple[list[tuple[str, str]], dict[str, str | None]]:
+def module_choices(manager: PipelineManager) -> tuple[list[tuple[str, str]], dict[str, str | None]]:
     """(label, name) for the preprocessor dropdown, and name -> why it is unavailable."""
     from pipelines.preprocess import availability
 
@@ -39,7 +42,7 @@ def module_choices(manager: Any) -> tuple[list[tuple[str, str]], dict[str, str |
 
 
 def run_preprocessor(
-    manager: Any,
+    manager: PipelineManager,
     image: Any,
     module: str,
     width: Any,
@@ -129,7 +132,7 @@ class ControlPanel:
         return out
 
 
-def build_control_panel(manager: Any, family: str, context: list[Any]) -> ControlPanel:
+def build_control_panel(manager: PipelineManager, family: str, context: list[Any]) -> ControlPanel:
     """Create the units in the current Blocks context and wire their own events.
     `context` = the Generate tab's [model, width, height, seed] (the preview's size)."""
     labels, why = module_choices(manager)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
@@ -21,6 +21,9 @@ from ui.form import loras_from_slots, widget_specs
 from ui.img2img_panel import Img2ImgPanel, build_img2img_panel
 from ui.lora_panel import LoraPanel, build_lora_panel
 from ui.runner import gpu, progress_text
+
+if TYPE_CHECKING:
+    from pipelines.manager import PipelineManager
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +44,7 @@ class GenerateTab:
         """Components "Send to Generate" sets besides `widgets` and the LoRA rows."""
         return [*self.img2img.restore_outputs(), *self.control.restore_outputs()]
 
-    def restore(self, manager: Any, values: dict[str, Any], family: str) -> list[Any]:
+    def restore(self, manager: PipelineManager, values: dict[str, Any], family: str) -> list[Any]:
         """Updates for `restore_outputs` from ui.form.widgets_from_request's values."""
         choices = manager.controlnets.names(family)
         return [*self.img2img.restore(values), *self.control.restore(values["controlnets"],

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
 from ui.catalog import LoraChoice, lora_choices, rescan_loras
 from ui.form import lora_weight_spec
+
+if TYPE_CHECKING:
+    from pipelines.manager import PipelineManager
 
 LORA_ROWS = 6
 
@@ -88,7 +91,7 @@ def insert_triggers(prompt: str, triggers: str) -> str:
     return ", ".join([p for p in (prompt.strip().rstrip(","),) if p] + missing)
 
 
-def build_lora_panel(manager: Any, family: str, prompt: gr.Textbox) -> LoraPanel:
+def build_lora_panel(manager: PipelineManager, family: str, prompt: gr.Textbox) -> LoraPanel:
     """Create the picker in the current Blocks context and wire its own events."""
     with gr.Row():
         search = gr.Dropdown(
@@ -140,7 +143,7 @@ def build_lora_panel(manager: Any, family: str, prompt: gr.Textbox) -> LoraPanel
     return panel
 
 
-def refresh_search(manager: Any, family: str) -> gr.Dropdown:
+def refresh_search(manager: PipelineManager, family: str) -> gr.Dropdown:
     rescan_loras(manager)
     return gr.Dropdown(choices=search_choices(lora_choices(manager, family)), value=None)
 

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
     from pipelines.jobs import Job, JobEvent
+    from pipelines.manager import PipelineManager
 
 log = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
@@ -62,7 +63,7 @@ def queue_text(event: JobEvent) -> str:
 
 
 def endpoint_stream(
-    manager: Any, spec: Any, caller: str, publish: Callable[[Any], tuple], outputs: int,
+    manager: PipelineManager, spec: Any, caller: str, publish: Callable[[Any], tuple], outputs: int,
     progress: Any = None,
 ) -> Iterator[tuple]:  # fmt: skip
     """An API endpoint's body for any kind of job: submit `spec` for `caller`, yield
