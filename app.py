@@ -16,9 +16,12 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ui.cli_jobs import EXIT_BAD_INPUT, default_controlnet, open_image, run_jobs, run_one
+
+if TYPE_CHECKING:
+    from pipelines.manager import PipelineManager
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,7 +190,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_arg(manager: Any, model: str | None) -> str | None:
+def _model_arg(manager: PipelineManager, model: str | None) -> str | None:
     """--model as given, or, for a local folder (trusted on the command line), the name
     it gets when added to the registry."""
     if model and Path(model).expanduser().is_dir():
@@ -218,7 +221,7 @@ def _lora_pairs(items: list[str]) -> dict[str, float]:
     return pairs
 
 
-def _inputs_from_args(args: argparse.Namespace, manager: Any, model: str | None) -> Any:
+def _inputs_from_args(args: argparse.Namespace, manager: PipelineManager, model: str | None) -> Any:
     """(units, Inputs) from --init-image/--mask/--control-*; files checked before any work."""
     from pipelines.tasks import Inputs
 
@@ -234,7 +237,7 @@ def _inputs_from_args(args: argparse.Namespace, manager: Any, model: str | None)
     return units, inputs
 
 
-def _request_from_args(args: argparse.Namespace, manager: Any) -> Any:
+def _request_from_args(args: argparse.Namespace, manager: PipelineManager) -> Any:
     """(request, Inputs) from the generate subcommand's flags."""
     from pipelines.errors import RequestError
     from pipelines.request import GenerationRequest
