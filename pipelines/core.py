@@ -36,6 +36,7 @@ class EngineSettings:
     queue_size: int = 0  # jobs waiting for a slot (0 = unlimited); see jobs.Limits
     max_jobs_per_user: int = 0  # waiting + running jobs of one caller (0 = unlimited)
     max_work: int = 0  # work of one request, width x height x steps x images (0 = unlimited)
+    max_image_pixels: int = 40_000_000  # any input image, checked from its header
     load: LoadOptions = field(default_factory=LoadOptions)
 
 

@@ -78,6 +78,8 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
     Setting("lora_hotswap_rank", 64, "highest LoRA rank accepted in hotswap mode", int),
     Setting("max_work", 0, "most work one request may ask for: width x height x steps x "
             "images (x frames for video) (0 = unlimited)", int),
+    Setting("max_image_pixels", 40_000_000, "largest image (width x height) any entry point "
+            "accepts, checked from the file's header before it is decoded", int),
 )  # fmt: skip
 
 
@@ -133,6 +135,7 @@ def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
         queue_size=values.get("queue_size", 0),
         max_jobs_per_user=values.get("max_jobs_per_user", 0),
         max_work=values["max_work"],
+        max_image_pixels=values["max_image_pixels"],
         load=LoadOptions(
             dtype=values["dtype"],
             attention=values["attention"],

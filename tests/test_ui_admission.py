@@ -46,7 +46,7 @@ def test_full_generation_queue_refuses_the_next_job_but_png_info_answers(server,
     manager = server.atelier_context.manager
     a, b, c = (Client(server.test_url, verbose=False) for _ in range(3))
     running = a.submit(prompt="a long one", seed=1, **LONG, api_name="/generate")
-    assert wait_for(manager, lambda: manager.status()["slots"][0]["job"] is not None)
+    assert wait_for(manager, lambda: manager.status()["slots"][0]["busy"])
     waiting = b.submit(prompt="waits", seed=2, **SMALL, api_name="/generate")
     assert wait_for(manager, lambda: manager.status()["waiting"] == 1)
     with pytest.raises(AppError, match="queue_size: the generation queue is full"):

@@ -14,10 +14,11 @@ if TYPE_CHECKING:
 
     from pipelines.manager import PipelineManager
 
-# Every event that submits engine jobs uses this id. Gradio limits the group to the
-# lowest concurrency_limit of its events: device slots + the engine's queue_size, so
-# that jobs wait in the engine's line (which admits, counts and places them for every
-# front end alike) rather than in Gradio's, which knows nothing of callers or work.
+# Every event that submits engine jobs uses this id, with no Gradio limit: each such
+# event reaches the engine at once, where admission refuses it (queue_size,
+# max_jobs_per_user, max_work) or it waits in the engine's line, which places and
+# counts the jobs of every front end alike. (A Gradio limit would hold events in
+# Gradio's own queue, where they are neither refused nor counted.)
 GPU_GROUP = "atelier-gpu"
 THREADS = 40  # Gradio's own default worker threads, for everything else
 HISTORY_LIMIT = 200  # images kept in a session's history gallery
@@ -41,20 +42,15 @@ class StudioContext:
     def default_model(self) -> str:
         return self.manager.settings.default_model
 
-    @property
-    def job_events(self) -> int | None:
-        """Most job events in flight: every slot busy and the engine's line full (None =
-        no limit, when the engine's queue is unlimited)."""
-        queue_size = self.manager.jobs.limits.queue_size
-        return self.slots + queue_size if queue_size else None
-
     def gpu_event(self) -> dict[str, Any]:
         """Keyword arguments of every event that runs the engine."""
-        return {"concurrency_id": GPU_GROUP, "concurrency_limit": self.job_events}
+        return {"concurrency_id": GPU_GROUP, "concurrency_limit": None}
 
     def max_threads(self) -> int:
-        """Gradio's worker threads: a waiting job's handler holds one while it waits."""
-        return THREADS + (self.job_events or 64)
+        """Gradio's worker threads: a job's handler holds one while its job waits or
+        runs, so there are enough for every slot busy and the engine's line full."""
+        queue_size = self.manager.jobs.limits.queue_size or 64
+        return THREADS + self.slots + queue_size
 
     def caller(self, request: gr.Request | None) -> str:
         """Who submits a job, for the engine's per-user limit: the logged-in user, else

@@ -27,6 +27,7 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
             "engine over every front end; one more is refused (0 = unlimited)", int),
     Setting("max_jobs_per_user", 0, "most jobs one caller (logged-in user, else client "
             "address) may have waiting or running (0 = unlimited)", int),
+    Setting("max_upload_mb", 50, "largest file a browser or API client may upload, in MB", int),
 )  # fmt: skip
 
 
@@ -72,4 +73,5 @@ def launch_options(values: Mapping[str, Any]) -> dict[str, Any]:
         "share": values["share"],
         "auth": parse_auth(values["auth"]),
         "root_path": values["root_path"] or None,
+        "max_file_size": f"{values['max_upload_mb']}mb",
     }
