@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from .hashes import folder_model_hash
 from .jobs import JobContext, Prepared
 from .loading import fresh_pipeline
 from .loras import LoraEntry, check_family
+from .outputs import check_task_id, save_image
 from .parameters import infotext_for
 from .progress import step_callback
 from .registry import ModelEntry
@@ -47,6 +49,10 @@ from .tasks import build as build_task
 class ImageJob:
     request: GenerationRequest
     inputs: Inputs = field(default_factory=Inputs)  # init image, mask, control images
+    # Where each image is saved (PNG with infotext) as soon as its call is decoded, so
+    # a crash or cancel mid-batch loses only unfinished images; None = not saved.
+    save_to: Path | None = None
+    task_id: str | None = None  # names the files <task_id>-<n>.png
 
 
 @dataclass
@@ -57,15 +63,27 @@ class GenerationResult:
     infotexts: list[str]
     slot: str
     timings: dict[str, float]  # seconds: prepare, queue, load, run, total
+    paths: list[Path] = field(default_factory=list)  # where the images were saved, if saved
 
 
 @dataclass(frozen=True)
 class _Ready:
+    job: ImageJob
     entry: ModelEntry
     inputs: Inputs
     loras: list[tuple[LoraEntry, float]]
     t0: float
     prepare_s: float
+
+
+@dataclass
+class _Made:
+    """What a run has made so far (kept, and saved, call by call)."""
+
+    images: list[Image.Image] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    paths: list[Path] = field(default_factory=list)
 
 
 def image_work(req: GenerationRequest) -> int:
@@ -109,10 +127,11 @@ class ImageRunner:
         t0 = time.perf_counter()
         if not isinstance(job, ImageJob):
             raise RequestError("request", "must be an ImageJob")
+        check_task_id(job.task_id)
         inputs = job.inputs or Inputs()
         req, entry = self.resolve(job.request, inputs)
         loras = [(self.core.loras.get(n), w) for n, w in req.loras]
-        ready = _Ready(entry, inputs, loras, t0, time.perf_counter() - t0)
+        ready = _Ready(job, entry, inputs, loras, t0, time.perf_counter() - t0)
         return Prepared(req, image_work(req), entry.name, ready)
 
     # -- 2. run on a slot ------------------------------------------------------
@@ -120,32 +139,35 @@ class ImageRunner:
         req: GenerationRequest = prepared.spec
         ready: _Ready = prepared.data
         timings = {"prepare": ready.prepare_s}
+        made = _Made()
         pool = self.core.pool
         with pool.model_on_slot(ready.entry, ctx.job, timings, ctx.on_slot) as (slot, loaded):
-            images, seeds = self._images(slot, loaded, req, ready, ctx)
-        # describe each image
+            self._images(slot, loaded, req, ready, ctx, made)
+        timings["total"] = time.perf_counter() - ready.t0
+        return GenerationResult(req, made.images, made.seeds, made.infotexts, slot.name,
+                                timings, made.paths)  # fmt: skip
+
+    def _describe(self, req: GenerationRequest, ready: _Ready, model_hash: str) -> Any:
+        """infotext(seed) for this job's images."""
         lora_hashes = {e.name: e.short_hash for e, _ in ready.loras}
         cn_hashes = {u.model: folder_model_hash(self.core.controlnets.get(u.model).path)
                      for u in req.controlnets}  # fmt: skip
         task = task_of(req, ready.inputs)
-        infotexts = [infotext_for(req, s, loaded.model_hash, lora_hashes, task, cn_hashes)
-                     for s in seeds]  # fmt: skip
-        timings["total"] = time.perf_counter() - ready.t0
-        return GenerationResult(req, images, seeds, infotexts, slot.name, timings)
+        return lambda seed: infotext_for(req, seed, model_hash, lora_hashes, task, cn_hashes)
 
     def _images(
         self, slot: DeviceSlot, loaded: LoadedModel, req: GenerationRequest, ready: _Ready,
-        ctx: JobContext,
-    ) -> tuple[list[Image.Image], list[int]]:  # fmt: skip
+        ctx: JobContext, made: _Made,
+    ) -> None:  # fmt: skip
         family = loaded.entry.family
         settings = self.core.settings
+        job = ready.job
+        infotext = self._describe(req, ready, loaded.model_hash)
         whole = inputs = ready.inputs
         task = task_of(req, inputs)
         box = None
         if task.startswith("inpaint") and req.inpaint_area == "masked":
             inputs, box = crop_inputs(req, whole)  # generate the box, paste it back below
-        images: list[Image.Image] = []
-        all_seeds: list[int] = []
         with self._controlnets(slot, loaded, req) as controlnets, lora_scope(loaded, ready.loras):
             maps = [preprocess.run(u.module, inputs.control_images[i], req.width, req.height,
                                    settings.annotators_dir, u.low_threshold,
@@ -171,9 +193,14 @@ class ImageRunner:
                            callback_on_step_end_tensor_inputs=["latents"])  # fmt: skip
                 if box is not None:
                     out.images = [paste_back(im, whole, box, req.mask_blur) for im in out.images]
-                images.extend(out.images)
-                all_seeds.extend(seeds)
-        return images, all_seeds
+                for image, seed in zip(out.images, seeds, strict=True):
+                    made.images.append(image)
+                    made.seeds.append(seed)
+                    made.infotexts.append(infotext(seed))
+                    if job.save_to is not None:  # saved now: a later failure cannot lose it
+                        n = len(made.images) - 1
+                        made.paths.append(save_image(image, job.save_to, made.infotexts[-1],
+                                                     seed, n, job.task_id))  # fmt: skip
 
     @contextmanager
     def _controlnets(

@@ -39,6 +39,7 @@ __all__ = [
     "STEM_RULE",
     "check_stem",
     "read_png_parameters",
+    "save_image",
     "save_png",
     "save_result",
     "check_task_id",
@@ -136,6 +137,9 @@ def _publish(folder: Path, final: Path, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+        # mkstemp makes 0600 files; the claim was made with 0644 less the umask, as any
+        # new file: the PNG gets that mode, so other users and web servers can read it.
+        os.chmod(tmp, final.stat().st_mode & 0o777)
         os.replace(tmp, final)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -226,15 +230,24 @@ def check_task_id(task_id: str | None) -> None:
         raise RequestError("task_id", f"must match {STEM_RULE} (no paths), got {task_id!r}")
 
 
+def save_image(
+    image: Image.Image,
+    folder: str | os.PathLike[str],
+    infotext: str,
+    seed: int,
+    n: int,
+    task_id: str | None = None,
+) -> Path:
+    """Image `n` of a job: `<task_id>-<n>.png` with a task id, else numbered A1111-style."""
+    stem = f"{task_id}-{n}" if task_id is not None else None
+    return save_png(image, folder, infotext, stem=stem, seed=seed)
+
+
 def save_result(
     result: Any, folder: str | os.PathLike[str], task_id: str | None = None
 ) -> list[Path]:
     """Save every image of a GenerationResult; with a task id, as `<task_id>-<n>.png`."""
     check_task_id(task_id)
-    paths = []
-    for n, (image, seed, info) in enumerate(
-        zip(result.images, result.seeds, result.infotexts, strict=True)
-    ):
-        stem = f"{task_id}-{n}" if task_id is not None else None
-        paths.append(save_png(image, folder, info, stem=stem, seed=seed))
-    return paths
+    made = zip(result.images, result.seeds, result.infotexts, strict=True)
+    return [save_image(image, folder, info, seed, n, task_id)
+            for n, (image, seed, info) in enumerate(made)]  # fmt: skip

@@ -38,7 +38,8 @@ def generate(
     try:
         form = studio_form(values)
         numbers = form.unit_numbers
-        job = ctx.manager.submit(ImageJob(form.request, form.images.inputs()), caller)
+        spec = ImageJob(form.request, form.images.inputs(), save_to=ctx.store.outputs_dir)
+        job = ctx.manager.submit(spec, caller)
         yield {"error": gr.Markdown(visible=False), "status": "Waiting for a device…"}
         for event in stream_job(job):
             if event.kind == "result":

@@ -10,6 +10,7 @@ job: the engine stops within one step. One helper serves every kind of job.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import functools
 import logging
@@ -98,26 +99,37 @@ def shown_as_gradio_errors() -> Iterator[None]:
 
 
 class ImageStore:
-    """Where result PNGs go: the outputs folder (if on) and a private scratch folder
+    """Where result files go: the outputs folder (if on) and a private scratch folder
     that Gradio serves them from.
 
     Files are served from the scratch folder (inside the system temp dir, which
     Gradio may move into its cache), not from the outputs folder: adding the
     outputs folder to Gradio's allowed_paths would let anyone fetch anyone's
     images by guessing `00042-<seed>.png`. Cached copies get unguessable paths.
+
+    The scratch folder is capped at `max_bytes` (oldest request folders go first,
+    while serving) and removed by `close()` (at shutdown; also registered with
+    atexit). The outputs folder is never trimmed.
     """
 
-    def __init__(self, outputs_dir: Path | None) -> None:
+    def __init__(self, outputs_dir: Path | None, max_bytes: int = 2 * 2**30) -> None:
         self.outputs_dir = outputs_dir
+        self.max_bytes = max_bytes
         self.scratch = Path(tempfile.mkdtemp(prefix="atelier-ui-"))
+        atexit.register(self.close)
 
     def publish(self, result: Any) -> list[Path]:
+        """Copies of the result's PNGs in a new scratch folder. The engine saved them
+        into the outputs folder as each was decoded when the job said so
+        (`result.paths`); otherwise they are saved here."""
         from pipelines.outputs import save_result
 
-        request_dir = Path(tempfile.mkdtemp(dir=self.scratch))
-        if self.outputs_dir is None:
-            return save_result(result, request_dir)
-        saved = save_result(result, self.outputs_dir)
+        request_dir = self.new_folder()
+        saved = getattr(result, "paths", None)
+        if not saved:
+            if self.outputs_dir is None:
+                return save_result(result, request_dir)
+            saved = save_result(result, self.outputs_dir)
         copies = []
         for path in saved:
             copy = request_dir / path.name
@@ -125,11 +137,34 @@ class ImageStore:
             copies.append(copy)
         return copies
 
+    def new_folder(self) -> Path:
+        """A new unguessable folder in the scratch folder, after making room."""
+        self.trim()
+        return Path(tempfile.mkdtemp(dir=self.scratch))
+
     def scratch_file(self, suffix: str) -> Path:
         """A new unguessable path in the scratch folder (served, never the outputs)."""
+        self.trim()
         handle, name = tempfile.mkstemp(suffix=suffix, dir=self.scratch)
         os.close(handle)
         return Path(name)
+
+    def trim(self) -> None:
+        """Remove the oldest entries of the scratch folder until it is under its cap."""
+        entries = []
+        for entry in self.scratch.iterdir():
+            files = [entry] if entry.is_file() else [p for p in entry.rglob("*") if p.is_file()]
+            size = sum(p.stat().st_size for p in files)
+            entries.append((entry.stat().st_mtime, size, entry))
+        total = sum(size for _, size, _ in entries)
+        for _, size, entry in sorted(entries, key=lambda e: e[0]):
+            if total <= self.max_bytes:
+                break
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            total -= size
 
     def close(self) -> None:
         shutil.rmtree(self.scratch, ignore_errors=True)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,7 +31,7 @@ def publish_video(store: ImageStore, result: Any, fmt: str) -> PublishedVideo:
 
     fps = result.request.fps
     stem = f"video-{result.seed}"
-    request_dir = Path(tempfile.mkdtemp(dir=store.scratch))
+    request_dir = store.new_folder()
     if store.outputs_dir is None:
         file, sidecar = save_video(result.frames, request_dir, fps, result.parameters, fmt, stem)
     else:
