@@ -173,9 +173,10 @@ def build_manager(args: argparse.Namespace, server: dict[str, Any] | None = None
     """The engine from the engine settings (and a server's admission limits, if any)."""
     from pipelines.manager import PipelineManager
     from pipelines.settings import ENGINE_SETTINGS, engine_settings, resolve
+    from ui.settings import engine_limits
 
     values = resolve(ENGINE_SETTINGS, args)
-    limits = {k: server[k] for k in ("queue_size", "max_jobs_per_user")} if server else {}
+    limits = engine_limits(server) if server else {}
     return PipelineManager(engine_settings({**values, **limits})), values
 
 
@@ -297,12 +298,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The studio: settings -> engine (built once) -> UI -> Gradio server (blocks)."""
-    from ui.settings import launch_options, server_values
+    from ui.settings import launch_options, server_values, trusted_proxies
     from ui.studio import build_studio
 
     server = server_values(args)
     manager, values = build_manager(args, server)
-    demo, assets = build_studio(manager, values["outputs_dir"])
+    demo, assets = build_studio(manager, values["outputs_dir"],
+                                trusted_proxies=trusted_proxies(server))  # fmt: skip
     demo.launch(**launch_options(server), **assets)
     return 0
 

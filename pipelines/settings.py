@@ -43,6 +43,19 @@ def parse_bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
 
 
+def auto_or_int(text: str) -> int | str:
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or auto, got {text!r}") from None
+
+
+def auto_or_bool(text: str) -> bool | str:
+    return "auto" if text.strip().lower() == "auto" else parse_bool(text)
+
+
 def _devices(text: str) -> tuple[str, ...]:
     return tuple(d.strip() for d in text.split(",") if d.strip())
 
@@ -76,8 +89,10 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
     Setting("lora_cache_count", 16, "LoRA adapters kept loaded per cached model", int),
     Setting("lora_cache_mb", 2048, "MB of LoRA adapters kept loaded per cached model", int),
     Setting("lora_hotswap_rank", 64, "highest LoRA rank accepted in hotswap mode", int),
-    Setting("max_work", 0, "most work one request may ask for: width x height x steps x "
-            "images (x frames for video) (0 = unlimited)", int),
+    Setting("max_work", "auto", "most work one request may ask for: width x height x steps "
+            "x images (x frames for video); 0 = unlimited; auto = unlimited, but on a public "
+            "studio the largest default of a documented family (Wan 2.2 TI2V-5B, 1280x704 x "
+            "50 steps x 121 frames)", auto_or_int),
     Setting("max_image_pixels", 40_000_000, "largest image (width x height) any entry point "
             "accepts, checked from the file's header before it is decoded", int),
 )  # fmt: skip
@@ -109,7 +124,9 @@ def resolve(
 
 
 def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
-    """EngineSettings from resolved values (imports the engine, hence torch, only here)."""
+    """EngineSettings from resolved values (imports the engine, hence torch, only here).
+    A server adds its admission limits and `public` (ui.settings.engine_limits); the
+    engine's `auto` defaults are the private ones unless `public` is true."""
     from .core import EngineSettings
     from .loading import LoadOptions
 
@@ -134,7 +151,7 @@ def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
         # the server's admission limits, when a server resolved them (ui/settings.py)
         queue_size=values.get("queue_size", 0),
         max_jobs_per_user=values.get("max_jobs_per_user", 0),
-        max_work=values["max_work"],
+        max_work=auto_work(values["max_work"], values.get("public", False)),
         max_image_pixels=values["max_image_pixels"],
         load=LoadOptions(
             dtype=values["dtype"],
@@ -144,3 +161,17 @@ def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
             offload=values["offload"],
         ),
     )
+
+
+def auto_work(value: int | str, public: bool) -> int:
+    """max_work: as set, or (auto) unlimited, or on a public studio the largest default
+    request of a documented family (so every family's defaults run)."""
+    if value != "auto":
+        return int(value)
+    if not public:
+        return 0
+    from .families import FAMILIES
+
+    return max(f.default_size * (f.default_height or f.default_size) * f.default_steps
+               * (f.default_frames if f.kind == "video" else 4)
+               for f in FAMILIES.values())  # fmt: skip

@@ -28,11 +28,17 @@ HISTORY_LIMIT = 200  # images kept in a session's history gallery
 class StudioContext:
     manager: PipelineManager  # not imported at run time: no torch at import
     store: ImageStore
+    trusted_proxies: frozenset[str] = frozenset()  # whose X-Forwarded-For is believed
 
     @classmethod
-    def create(cls, manager: PipelineManager, outputs_dir: str | Path | None) -> StudioContext:
+    def create(
+        cls,
+        manager: PipelineManager,
+        outputs_dir: str | Path | None,
+        trusted_proxies: frozenset[str] = frozenset(),
+    ) -> StudioContext:
         folder = None if outputs_dir in (None, "", "off") else Path(str(outputs_dir)).expanduser()
-        return cls(manager, ImageStore(folder))
+        return cls(manager, ImageStore(folder), trusted_proxies)
 
     @property
     def slots(self) -> int:
@@ -55,10 +61,26 @@ class StudioContext:
     def caller(self, request: gr.Request | None) -> str:
         """Who submits a job, for the engine's per-user limit: the logged-in user, else
         the client's address. (A Gradio session id is no identity: every new client
-        gets a new one.)"""
+        gets a new one.) Behind a reverse proxy named in `trusted_proxies`, the address
+        is the last one X-Forwarded-For names that is not itself a trusted proxy."""
         if request is None:
             return "local"
         if getattr(request, "username", None):
             return f"user:{request.username}"
         client = getattr(request, "client", None)
-        return f"addr:{getattr(client, 'host', None) or 'unknown'}"
+        peer = getattr(client, "host", None) or "unknown"
+        forwarded = request.headers.get("x-forwarded-for", "")
+        return "addr:" + client_address(peer, forwarded, self.trusted_proxies)
+
+
+def client_address(peer: str, forwarded_for: str, trusted: frozenset[str]) -> str:
+    """The caller's address: `peer`, unless `peer` is a trusted proxy, then the nearest
+    address in X-Forwarded-For (right to left) that is not a trusted proxy. A client can
+    put anything in the header, so only what trusted proxies appended is believed."""
+    if peer not in trusted:
+        return peer
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if hop not in trusted:
+            return hop
+    return peer

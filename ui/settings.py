@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pipelines.settings import Setting, parse_bool, resolve
+from pipelines.settings import Setting, auto_or_bool, auto_or_int, parse_bool, resolve
 
 SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("host", "127.0.0.1", "address the studio listens on (0.0.0.0 for every interface)"),
@@ -25,8 +25,14 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("root_path", "", "URL path prefix when served behind a reverse proxy, e.g. /atelier"),
     Setting("queue_size", 64, "most generation jobs waiting for a device, counted by the "
             "engine over every front end; one more is refused (0 = unlimited)", int),
-    Setting("max_jobs_per_user", 0, "most jobs one caller (logged-in user, else client "
-            "address) may have waiting or running (0 = unlimited)", int),
+    Setting("max_jobs_per_user", "auto", "most jobs one caller (logged-in user, else client "
+            "address) may have waiting or running (0 = unlimited; auto = 2 on a public studio, "
+            "else unlimited)", auto_or_int),
+    Setting("public", "auto", "serve as a public studio (safer defaults for hub_models, "
+            "max_work, max_jobs_per_user): true, false or auto = on when listening beyond "
+            "loopback, with --share, or on Hugging Face Spaces (SPACE_ID set)", auto_or_bool),
+    Setting("trusted_proxies", "", "comma-separated addresses of reverse proxies whose "
+            "X-Forwarded-For header is believed (the caller is the address it names)"),
     Setting("max_upload_mb", 50, "largest file a browser or API client may upload, in MB", int),
 )  # fmt: skip
 
@@ -41,7 +47,36 @@ def server_values(args: argparse.Namespace, env: Mapping[str, str] | None = None
         unset = getattr(args, name, None) is None and f"ATELIER_{name.upper()}" not in env
         if unset and env.get(gradio_env):
             values[name] = cast(env[gradio_env])
+    values["public_resolved"] = is_public(values, env)
     return values
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def is_public(values: Mapping[str, Any], env: Mapping[str, str] | None = None) -> bool:
+    """`public` as set, or (auto) on when the studio can be reached from elsewhere:
+    listening beyond loopback, a --share link, or running on Spaces."""
+    env = os.environ if env is None else env
+    if values["public"] != "auto":
+        return bool(values["public"])
+    host = str(values["host"])
+    beyond_loopback = not (host in LOOPBACK or host.startswith("127."))
+    return beyond_loopback or bool(values["share"]) or bool(env.get("SPACE_ID"))
+
+
+def engine_limits(values: Mapping[str, Any]) -> dict[str, Any]:
+    """What the server decides for the engine: its admission limits and whether it is
+    public (for the engine's own `auto` defaults, see pipelines.settings)."""
+    public = values["public_resolved"]
+    per_user = values["max_jobs_per_user"]
+    if per_user == "auto":
+        per_user = 2 if public else 0
+    return {"queue_size": values["queue_size"], "max_jobs_per_user": per_user, "public": public}
+
+
+def trusted_proxies(values: Mapping[str, Any]) -> frozenset[str]:
+    return frozenset(a.strip() for a in str(values["trusted_proxies"]).split(",") if a.strip())
 
 
 def parse_auth(value: str) -> list[tuple[str, str]] | None:

@@ -100,6 +100,7 @@ def build_studio(
     manager: PipelineManager,
     outputs_dir: str | Path | None = "outputs",
     queue_size: int | None = None,
+    trusted_proxies: frozenset[str] = frozenset(),
 ) -> tuple[gr.Blocks, dict[str, Any]]:
     """The whole studio over `manager`, and extra keyword arguments for `launch()`.
 
@@ -109,7 +110,7 @@ def build_studio(
     enter Gradio's queue are limited by the same engine."""
     if queue_size is not None:
         manager.jobs.limits = replace(manager.jobs.limits, queue_size=queue_size)
-    ctx = StudioContext.create(manager, outputs_dir)
+    ctx = StudioContext.create(manager, outputs_dir, trusted_proxies)
     gen = build_generate_tab(ctx)
     info = build_pnginfo_tab()
     api = build_api(ctx)
