@@ -298,11 +298,20 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The studio: settings -> engine (built once) -> UI -> Gradio server (blocks)."""
+    from ui.runner import on_zerogpu
     from ui.settings import launch_options, server_values, trusted_proxies
     from ui.studio import build_studio
 
     server = server_values(args)
+    zerogpu = on_zerogpu()
+    if zerogpu:
+        try:  # before any device is probed: ZeroGPU makes CUDA visible on import
+            import spaces  # type: ignore[import-not-found]  # noqa: F401
+        except ImportError:
+            zerogpu = False
     manager, values = build_manager(args, server)
+    if zerogpu:
+        manager.preload(manager.settings.default_model)  # outside the GPU function
     demo, assets = build_studio(manager, values["outputs_dir"],
                                 trusted_proxies=trusted_proxies(server))  # fmt: skip
     demo.launch(**launch_options(server), **assets)

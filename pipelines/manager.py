@@ -121,6 +121,14 @@ class PipelineManager:
                 out[name] = family
         return out
 
+    def preload(self, name: str) -> None:
+        """Load model `name` into every slot's cache now, not on its first job (on
+        ZeroGPU Spaces, models must load outside the GPU function)."""
+        entry = self.registry.resolve(name)
+        for slot in self.slots:
+            with slot.lock:
+                self.pool.load(slot, entry)
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no slot runs a job; False if `timeout` seconds passed first."""
         return self.pool.wait_idle(timeout)

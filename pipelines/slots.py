@@ -163,7 +163,7 @@ class SlotPool:
                 self.cond.notify_all()
 
     # -- models on slots -----------------------------------------------------
-    def _loaded(self, slot: DeviceSlot, entry: ModelEntry) -> str:
+    def load(self, slot: DeviceSlot, entry: ModelEntry) -> str:
         """The cache key of `entry` on `slot`, loading it if needed."""
         key = model_key(entry)
         if key in slot.cache:
@@ -197,7 +197,7 @@ class SlotPool:
             if on_slot is not None:
                 on_slot(slot)
             t1 = time.perf_counter()
-            key = self._loaded(slot, entry)
+            key = self.load(slot, entry)
             t2 = time.perf_counter()
             timings.update(queue=t1 - t0, load=t2 - t1)
             with slot.cache.locked(key) as loaded:

@@ -32,14 +32,12 @@ def generate(
     result (or the error, naming the field). `values`: the form's values by name
     (ui.form.studio_form's input); `progress` hears each progress event."""
     from pipelines.errors import AtelierError, RequestError
-    from pipelines.image_job import ImageJob
 
     numbers: list[int] = []
     try:
         form = studio_form(values)
         numbers = form.unit_numbers
-        spec = ImageJob(form.request, form.images.inputs(), save_to=ctx.store.outputs_dir)
-        job = ctx.manager.submit(spec, caller)
+        job = ctx.manager.submit(job_of(ctx, values, form), caller)
         yield {"error": gr.Markdown(visible=False), "status": "Waiting for a device…"}
         for event in stream_job(job):
             if event.kind == "result":
@@ -52,6 +50,14 @@ def generate(
         yield {"error": gr.Markdown(error_markdown(e, numbers), visible=True), "status": ""}
     except AtelierError as e:  # model not available, cancelled before start, ...
         yield {"error": gr.Markdown(f"**error**: {e}", visible=True), "status": ""}
+
+
+def job_of(ctx: StudioContext, values: Mapping[str, Any], form: Any = None) -> Any:
+    """The ImageJob of the form's values (saved into the outputs folder as decoded)."""
+    from pipelines.image_job import ImageJob
+
+    form = form or studio_form(values)
+    return ImageJob(form.request, form.images.inputs(), save_to=ctx.store.outputs_dir)
 
 
 def running(event: Any, shown: Callable[[Any], Any] = lambda image: image) -> dict[str, Any]:

@@ -20,7 +20,7 @@ from ui.control_panel import ControlPanel, build_control_panel
 from ui.form import loras_from_slots, widget_specs
 from ui.img2img_panel import Img2ImgPanel, build_img2img_panel
 from ui.lora_panel import LoraPanel, build_lora_panel
-from ui.runner import gpu, progress_text
+from ui.runner import gpu, gpu_seconds, progress_text
 
 if TYPE_CHECKING:
     from pipelines.manager import PipelineManager
@@ -133,15 +133,22 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
         by_component.update({c: name for name, c in img2img.by_field().items()})
         lora_inputs = set(loras.names) | set(loras.weights)
 
+        def values_of(data: dict[Any, Any]) -> dict[str, Any]:
+            values = {name: data[c] for c, name in by_component.items()}
+            values["loras"] = loras_from_slots([data[c] for c in loras.names],
+                                               [data[c] for c in loras.weights])  # fmt: skip
+            values["units"] = control.values(data)
+            return values
+
+        def job_spec(data: dict[Any, Any]) -> Any:
+            return handlers.job_of(ctx, values_of(data))
+
         def run_job(
             data: dict[Any, Any],
             request: gr.Request,
             progress: gr.Progress = gr.Progress(),  # noqa: B008
         ) -> Iterator[dict]:
-            values = {name: data[c] for c, name in by_component.items()}
-            values["loras"] = loras_from_slots([data[c] for c in loras.names],
-                                               [data[c] for c in loras.weights])  # fmt: skip
-            values["units"] = control.values(data)
+            values = values_of(data)
 
             def report(event: Any) -> None:
                 progress((event.step, event.total), desc=progress_text(event), unit="steps")
@@ -154,7 +161,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                    time_taken, history, history_items]  # fmt: skip
         by_name = dict(zip(handlers.OUTPUTS, outputs, strict=True))
         event = run.click(  # Ctrl+Enter in the prompts clicks it (the studio's JS)
-            gpu(run_job),
+            gpu(run_job, lambda data, *_: gpu_seconds(ctx, lambda: job_spec(data))),
             inputs={*by_component, *lora_inputs, *control.inputs(), history_items},
             outputs=outputs,
             api_name="studio_generate",

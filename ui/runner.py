@@ -175,9 +175,11 @@ def on_zerogpu(env: dict[str, str] | None = None) -> bool:
     return bool(env.get("SPACES_ZERO_GPU")) or bool(env.get("SPACE_ID"))
 
 
-def gpu(fn: F, env: dict[str, str] | None = None) -> F:
+def gpu(fn: F, duration: Callable[..., int] | None = None, env: dict[str, str] | None = None) -> F:
     """`spaces.GPU(fn)` on Hugging Face Spaces when the `spaces` package is installed;
-    `fn` itself everywhere else (the package is not a dependency)."""
+    `fn` itself everywhere else (the package is not a dependency). `duration`, called
+    with fn's arguments, gives the seconds of GPU time a call may take (ZeroGPU's own
+    default is 60 s, too short for a video)."""
     if not on_zerogpu(env):
         return fn
     try:
@@ -185,4 +187,23 @@ def gpu(fn: F, env: dict[str, str] | None = None) -> F:
     except ImportError:
         log.info("on Spaces but the 'spaces' package is missing: no ZeroGPU wrapping")
         return fn
-    return functools.wraps(fn)(spaces.GPU(fn))
+    wrapped = spaces.GPU(fn, duration=duration) if duration else spaces.GPU(fn)
+    return functools.wraps(fn)(wrapped)
+
+
+# GPU work per second assumed for ZeroGPU durations (width x height x steps x images per
+# second; an H100-class slice does ~6M for SDXL and ~4M for Wan 2.1 1.3B): conservative.
+ZEROGPU_WORK_PER_S = 4_000_000
+ZEROGPU_SECONDS = (60, 300)  # at least ZeroGPU's default; at most what a Space may ask
+
+
+def gpu_seconds(ctx: Any, make_spec: Callable[[], Any]) -> int:
+    """GPU seconds to ask ZeroGPU for a job, from its work (the engine's own measure).
+    `ctx`: the StudioContext (its manager); `make_spec()`: the job the call would submit."""
+    try:
+        spec = make_spec()
+        work = ctx.manager.jobs.runner_for(spec).prepare(spec).work
+    except Exception:  # a bad request fails fast inside the GPU function anyway
+        return ZEROGPU_SECONDS[0]
+    lo, hi = ZEROGPU_SECONDS
+    return int(min(hi, max(lo, 30 + work / ZEROGPU_WORK_PER_S)))
