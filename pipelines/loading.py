@@ -2,9 +2,10 @@
 
 Chooses the dtype (fp32 on CPU; the family's fp16/bf16 on GPU unless the
 settings say otherwise), loads with `from_pretrained` from the local folder
-(exactly the same path for built-in, local and Hub models), moves to the slot's
-device and applies the attention/VAE options, which are global on the shared
-modules and therefore decided once per cached model.
+(exactly the same path for built-in, local and Hub models) or, for a single-file
+checkpoint, with diffusers' `from_single_file` (pipelines/singlefile.py), moves to
+the slot's device and applies the attention/VAE options, which are global on the
+shared modules and therefore decided once per cached model.
 """
 
 from __future__ import annotations
@@ -91,11 +92,19 @@ def load_pipeline(
     if entry.family.name == "sd15":
         # As in A1111: no safety checker (it blacks out images and costs 1.2 GB).
         extra = {"safety_checker": None, "requires_safety_checker": False}
+    if entry.checkpoint is not None and span and len(span) > 1:
+        rule = f"model '{entry.name}' is a single file; slots over several GPUs load folders only"
+        raise ModelUnavailableError(rule)
     try:
         with LOAD_LOCK:
-            pipe = DiffusionPipeline.from_pretrained(
-                str(entry.path), dtype=dtype, **extra, **placement(span or [])
-            )
+            if entry.checkpoint is not None:
+                from . import singlefile
+
+                pipe = singlefile.load(entry.checkpoint, dtype, entry.name)
+            else:
+                pipe = DiffusionPipeline.from_pretrained(
+                    str(entry.path), dtype=dtype, **extra, **placement(span or [])
+                )
     except OSError as e:
         raise ModelUnavailableError(f"model '{entry.name}' could not be loaded: {e}") from e
     if span and len(span) > 1:
