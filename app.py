@@ -18,7 +18,15 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ui.cli_jobs import EXIT_BAD_INPUT, default_controlnet, open_image, run_jobs, run_one
+from ui.cli_jobs import (
+    EXIT_BAD_INPUT,
+    check_engine_values,
+    check_out_dir,
+    default_controlnet,
+    open_image,
+    run_jobs,
+    run_one,
+)
 
 if TYPE_CHECKING:
     from pipelines.manager import PipelineManager
@@ -131,23 +139,18 @@ def add_video_parser(sub: Any) -> None:
 
 
 def cmd_video(args: argparse.Namespace) -> int:
-    from PIL import Image
-
-    from pipelines.errors import AtelierError, RequestError
+    from pipelines.errors import AtelierError
     from pipelines.export import save_video
     from pipelines.video import VideoRequest
 
     manager, values = build_manager(args)
     out = _out_dir(args, values) or Path("outputs")
+    check_out_dir("out" if args.out else "outputs_dir", out)  # before the work, not after
     try:
         model = _model_arg(manager, args.model)
-        images = {}
-        for key in ("image", "end_image"):
-            path = getattr(args, key)
-            if path is not None:
-                if not path.is_file():
-                    raise RequestError(key, f"no such file: {path}")
-                images[key] = Image.open(path).convert("RGB")
+        limit = manager.settings.max_image_pixels
+        images = {key: open_image(key, getattr(args, key), None, limit)
+                  for key in ("image", "end_image") if getattr(args, key) is not None}  # fmt: skip
         req = VideoRequest(
             prompt=args.prompt, negative_prompt=args.negative_prompt, model=model,
             scheduler=args.scheduler, num_frames=args.frames, fps=args.fps, width=args.width,
@@ -176,6 +179,7 @@ def build_manager(args: argparse.Namespace, server: dict[str, Any] | None = None
     from ui.settings import engine_limits
 
     values = resolve(ENGINE_SETTINGS, args)
+    check_engine_values(values)  # --devices gpu:7, --dtype float8: one line, not a traceback
     limits = engine_limits(server) if server else {}
     return PipelineManager(engine_settings({**values, **limits})), values
 
@@ -197,6 +201,17 @@ def _model_arg(manager: PipelineManager, model: str | None) -> str | None:
     if model and Path(model).expanduser().is_dir():
         return manager.registry.add(model)
     return model
+
+
+def _check_auth(value: str) -> None:
+    """--auth without a colon (or an empty auth file): one `error: auth: ...` line."""
+    from pipelines.errors import RequestError
+    from ui.settings import parse_auth
+
+    try:
+        parse_auth(value)
+    except (OSError, ValueError) as e:
+        raise RequestError("auth", str(e)) from None
 
 
 def _print_error(e: Exception) -> int:
@@ -226,11 +241,13 @@ def _inputs_from_args(args: argparse.Namespace, manager: PipelineManager, model:
     """(units, Inputs) from --init-image/--mask/--control-*; files checked before any work."""
     from pipelines.tasks import Inputs
 
-    inputs = Inputs(open_image("init_image", args.init_image),
-                    open_image("mask_image", args.mask))  # fmt: skip
+    limit = manager.settings.max_image_pixels
+    inputs = Inputs(open_image("init_image", args.init_image, None, limit),
+                    open_image("mask_image", args.mask, None, limit))  # fmt: skip
     units = []
     if args.control_image is not None:
-        inputs.control_images.append(open_image("control_image", args.control_image))
+        inputs.control_images.append(open_image("control_image", args.control_image, None,
+                                                 limit))  # fmt: skip
         units.append({"model": args.controlnet or default_controlnet(manager, model),
                       "module": args.control_type, "weight": args.control_scale,
                       "guidance_start": args.control_start,
@@ -282,6 +299,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
     manager, values = build_manager(args)
     out = _out_dir(args, values)
+    check_out_dir("out" if args.out else "outputs_dir", out)  # before the work, not after
     if args.jobs:
         return run_jobs(manager, args.jobs, out)
     try:
@@ -303,6 +321,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ui.studio import build_studio
 
     server = server_values(args)
+    _check_auth(server["auth"])
     zerogpu = on_zerogpu()
     if zerogpu:
         try:  # before any device is probed: ZeroGPU makes CUDA visible on import
@@ -337,15 +356,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "models":
-        return cmd_models(args)
-    if args.command == "generate":
-        return cmd_generate(args)
-    if args.command == "video":
-        return cmd_video(args)
-    if args.command == "convert":
-        return cmd_convert(args)
-    return cmd_serve(args)  # no subcommand, or "serve"
+    from pipelines.errors import RequestError
+
+    try:  # a bad flag or file found before any work: `error: FIELD: RULE`, exit 2
+        if args.command == "models":
+            return cmd_models(args)
+        if args.command == "generate":
+            return cmd_generate(args)
+        if args.command == "video":
+            return cmd_video(args)
+        if args.command == "convert":
+            return cmd_convert(args)
+        return cmd_serve(args)  # no subcommand, or "serve"
+    except RequestError as e:
+        return _print_error(e)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,16 @@ preprocessor and a size, exactly as the engine would compute it.
 
 Its inputs are hidden components: what the endpoint accepts is then exactly
 what the engine validates (no slider clamps or rounds a bad width on the way).
+`client.view_api()` shows each parameter's label and type only, so the labels say
+what a value means and what blank means; each endpoint's `api_description` says
+the rest. Image files are opened by pipelines.images.open_image (the pixel limit is
+checked from the header before decoding); a bad file names its parameter.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import fields
 from typing import Any
 
 import gradio as gr
@@ -25,37 +30,93 @@ import gradio as gr
 from ui.context import StudioContext
 from ui.control_panel import run_preprocessor
 from ui.form import api_images, request_from_widgets
+from ui.img2img_panel import NoStubFile
 from ui.runner import endpoint_stream, gpu, shown_as_gradio_errors
 
 
+class WholeNumber(gr.Number, metaclass=NoStubFile):
+    """A number the API documents as `int` (view_api's type) but passes on as sent.
+
+    gr.Number(precision=0) would say `int` too, but it rounds: 20.5 steps would
+    silently become 20. Here a non-whole value reaches the engine's validation and
+    comes back as an error naming the field. The browser shows it as a gr.Number."""
+
+    is_template = True
+
+    def api_info(self) -> dict[str, str]:  # type: ignore[override]
+        return {"type": "integer"}
+
+
+GENERATE_DESCRIPTION = (
+    "Generate images: text to image, image to image (init_image), inpainting (init_image "
+    "+ mask_image) and ControlNet (controlnets + control_images), with the studio's engine "
+    "and queue. Only prompt is required; a blank or omitted parameter takes the model "
+    "family's default. Returns the PNG files (each carries its parameters), the first "
+    "image's infotext and its seed (image k of a batch used seed + k). A bad value or file "
+    "fails with 'field: rule'. While it runs, job.status().progress_data reports the "
+    "steps done and the total (over every image of the request)."
+)
+PREPROCESS_DESCRIPTION = (
+    "The control map (a PNG file) that a ControlNet unit with this preprocessor would use "
+    "for an image, at width x height (blank = the model family's default size)."
+)
+
+
+def request_default(name: str) -> Any:
+    from pipelines.request import GenerationRequest
+
+    return next(f.default for f in fields(GenerationRequest) if f.name == name)
+
+
+def image_label(name: str, what: str, max_pixels: int) -> str:
+    return f"{name}: {what} (an image file of at most {max_pixels / 1e6:g} megapixels)"
+
+
 def build_api(ctx: StudioContext) -> gr.Blocks:
+    pixels = ctx.manager.settings.max_image_pixels
+    family = "blank = the model family's default"
     with gr.Blocks() as blocks, gr.Column(visible=False):
         inputs = {
-            "prompt": gr.Textbox(""),
-            "negative_prompt": gr.Textbox(""),
-            "model": gr.Textbox(""),
-            "scheduler": gr.Textbox(""),
-            "steps": gr.Number(None, precision=None),
-            "cfg": gr.Number(None),
-            "seed": gr.Number(-1, precision=None),
-            "width": gr.Number(None, precision=None),
-            "height": gr.Number(None, precision=None),
-            "batch_size": gr.Number(1, precision=None),
-            "loras": gr.JSON(None),
-            "batch_count": gr.Number(1, precision=None),
-            # Files, not gr.Image: an image component would re-encode them on the way in.
-            "init_image": gr.File(None, type="filepath"),
-            "mask_image": gr.File(None, type="filepath"),
-            "strength": gr.Number(None),
-            "mask_blur": gr.Number(None, precision=None),
-            "controlnets": gr.JSON(None),
-            "control_images": gr.File(None, file_count="multiple", type="filepath"),
-            "inpaint_area": gr.Textbox(None),
-            "inpaint_padding": gr.Number(None, precision=None),
-        }
-        images = gr.File(file_count="multiple", label="images")
-        infotext = gr.Textbox(label="infotext")
-        seed_used = gr.Number(label="seed", precision=0)
+            "prompt": gr.Textbox(None, label="prompt (required): what to draw"),
+            "negative_prompt": gr.Textbox("", label="negative_prompt: what to avoid"),
+            "model": gr.Textbox("", label="model: a model name as the studio lists it; "
+                                "blank = the server's default model"),
+            "scheduler": gr.Textbox("", label=f"scheduler: sampler, e.g. 'DPM++ 2M Karras'; "
+                                    f"{family}"),
+            "steps": WholeNumber(None, label=f"steps: denoising steps; {family}"),
+            "cfg": gr.Number(None, label=f"cfg: guidance scale; {family}"),
+            "seed": WholeNumber(-1, label="seed: seed of the first image; -1 = random"),
+            "width": WholeNumber(None, label=f"width: pixels; {family}"),
+            "height": WholeNumber(None, label=f"height: pixels; {family}"),
+            "batch_size": WholeNumber(1, label="batch_size: images per call"),
+            "loras": gr.JSON(None, label='loras: {"LoRA name": weight, ...} (or its JSON '
+                             "text); blank = none"),
+            "batch_count": WholeNumber(1, label="batch_count: calls in a row, each of "
+                                       "batch_size images"),
+            # Files, not gr.Image: an image component would decode them on the way in.
+            "init_image": gr.File(None, type="filepath", label=image_label(
+                "init_image", "start from this picture (image to image, inpainting)", pixels)),
+            "mask_image": gr.File(None, type="filepath", label=image_label(
+                "mask_image", "inpainting mask, white = repaint, init_image's size", pixels)),
+            "strength": gr.Number(None, label="strength: denoising strength with init_image, "
+                                  f"0 < s <= 1; blank = {request_default('strength')}"),
+            "mask_blur": WholeNumber(None, label="mask_blur: blur of the mask's edge in "
+                                     f"pixels; blank = {request_default('mask_blur')}"),
+            "controlnets": gr.JSON(None, label='controlnets: ControlNet units, e.g. [{"model": '
+                                   '"tiny-sd-controlnet", "module": "canny", "weight": 1.0}]'),
+            "control_images": gr.File(None, file_count="multiple", type="filepath",
+                                      label=image_label("control_images", "one per ControlNet "
+                                                        "unit, in order", pixels)),
+            "inpaint_area": gr.Textbox(None, label="inpaint_area: 'whole' or 'masked' (only a "
+                                       f"crop around the mask); blank = "
+                                       f"{request_default('inpaint_area')}"),
+            "inpaint_padding": WholeNumber(None, label="inpaint_padding: pixels around the "
+                                           "mask with inpaint_area 'masked'; blank = "
+                                           f"{request_default('inpaint_padding')}"),
+        }  # fmt: skip
+        images = gr.File(file_count="multiple", label="images: the PNG files")
+        infotext = gr.Textbox(label="infotext: the first image's parameters (A1111 text)")
+        seed_used = gr.Number(label="seed: the first image's seed", precision=0)
         trigger = gr.Button()
 
         def generate(
@@ -98,17 +159,26 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
             with shown_as_gradio_errors():
                 job = ImageJob(
                     request_from_widgets(values),
-                    api_images(init_image, mask_image, control_images).inputs(),
+                    api_images(init_image, mask_image, control_images, pixels).inputs(),
                 )
             yield from endpoint_stream(ctx.manager, job, ctx.caller(request), publish, 3, progress)
 
         trigger.click(gpu(generate), list(inputs.values()), [images, infotext, seed_used],
-                      api_name="generate", show_progress="hidden", **ctx.gpu_event())  # fmt: skip
+                      api_name="generate", api_description=GENERATE_DESCRIPTION,
+                      show_progress="hidden", **ctx.gpu_event())  # fmt: skip
 
-        pre_inputs = [gr.File(None, type="filepath"), gr.Textbox("canny"), gr.Number(None),
-                      gr.Number(None), gr.Number(100), gr.Number(200), gr.Number(0),
-                      gr.Textbox("")]  # fmt: skip
-        control_map = gr.File(label="control map")
+        pre_inputs = [
+            gr.File(None, type="filepath", label=image_label("image", "the picture", pixels)),
+            gr.Textbox("canny", label="module: preprocessor, e.g. canny, shuffle, none"),
+            WholeNumber(None, label=f"width: pixels; {family} size"),
+            WholeNumber(None, label=f"height: pixels; {family} size"),
+            WholeNumber(100, label="low_threshold: canny's low threshold, 0-255"),
+            WholeNumber(200, label="high_threshold: canny's high threshold, 0-255"),
+            WholeNumber(0, label="seed: for preprocessors that draw at random (shuffle)"),
+            gr.Textbox("", label="model: whose family sets the default size; blank = the "
+                       "server's default model"),
+        ]  # fmt: skip
+        control_map = gr.File(label="control map: a PNG file")
         pre_trigger = gr.Button()
 
         def preprocess(
@@ -135,7 +205,8 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
 
         # CPU work outside the device group: previews do not wait behind generations.
         pre_trigger.click(preprocess, pre_inputs, control_map, api_name="preprocess",
-                          show_progress="hidden", concurrency_limit=2)  # fmt: skip
+                          api_description=PREPROCESS_DESCRIPTION, show_progress="hidden",
+                          concurrency_limit=2)  # fmt: skip
     return blocks
 
 

@@ -1,6 +1,7 @@
 """The generate command's work apart from its flags: running one request, running a
-jobs file (JSON lines, one request each, with image paths relative to the file) and
-opening the images they name.
+jobs file (JSON lines, one request each, with image paths relative to the file),
+opening the images they name, and the checks of flags and files that must fail
+before any work (one `error: FIELD: RULE` line, exit 2, instead of a traceback later).
 
 Used by app.py; plain Python that imports the engine (and ui.form's unit typing)
 only inside its functions, so that importing it does nothing.
@@ -9,13 +10,17 @@ only inside its functions, so that importing it does nothing.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipelines.manager import PipelineManager
 
+log = logging.getLogger(__name__)
 EXIT_BAD_INPUT = 2
 
 
@@ -42,13 +47,14 @@ def run_one(
 
 
 def run_jobs(manager: PipelineManager, jobs_file: Path, out: Path | None) -> int:
-    """One JSON result line per job; a bad job is reported and the rest still run."""
+    """One JSON result line per job; a bad job (a bad image included) is reported and
+    the rest still run. An unreadable jobs file is a RequestError naming `jobs`."""
     from tqdm import tqdm
 
     from pipelines.errors import AtelierError, RequestError
     from pipelines.request import GenerationRequest
 
-    lines = [ln for ln in jobs_file.read_text().splitlines() if ln.strip()]
+    lines = read_jobs(jobs_file)
     worst = 0
     for n, line in enumerate(tqdm(lines, desc="jobs", unit="job", file=sys.stderr)):
         task_id = None
@@ -67,8 +73,29 @@ def run_jobs(manager: PipelineManager, jobs_file: Path, out: Path | None) -> int
         except AtelierError as e:
             report = {"job": n, "ok": False, "task_id": task_id, "error": str(e)}
             worst = max(worst, 1)
+        except Exception as e:  # a library's failure in one job: logged, the run goes on
+            log.exception("job %d failed", n)
+            report = {"job": n, "ok": False, "task_id": task_id,
+                      "error": f"{type(e).__name__}: {e}"}  # fmt: skip
+            worst = max(worst, 1)
         print(json.dumps(report, ensure_ascii=False), flush=True)
     return worst
+
+
+def read_jobs(jobs_file: Path) -> list[str]:
+    """The non-blank lines of a jobs file; a missing, folder or unreadable path is a
+    RequestError naming `jobs` (checked before any work)."""
+    from pipelines.errors import RequestError
+
+    if not jobs_file.exists():
+        raise RequestError("jobs", f"no such file: {jobs_file}")
+    if jobs_file.is_dir():
+        raise RequestError("jobs", f"{jobs_file} is a folder; give a JSON-lines file")
+    try:
+        text = jobs_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RequestError("jobs", f"cannot read {jobs_file}: {e}") from None
+    return [ln for ln in text.splitlines() if ln.strip()]
 
 
 def inputs_from_job(data: dict[str, Any], manager: PipelineManager, base: Path) -> Any:
@@ -78,8 +105,10 @@ def inputs_from_job(data: dict[str, Any], manager: PipelineManager, base: Path) 
     from pipelines.tasks import Inputs
     from ui.form import typed_unit
 
-    inputs = Inputs(open_image("init_image", data.pop("init_image", None), base),
-                    open_image("mask_image", data.pop("mask_image", None), base))  # fmt: skip
+    limit = manager.settings.max_image_pixels
+    inputs = Inputs(open_image("init_image", data.pop("init_image", None), base, limit),
+                    open_image("mask_image", data.pop("mask_image", None), base,
+                               limit))  # fmt: skip
     units = data.get("controlnets") or []
     if not isinstance(units, list):
         raise RequestError("controlnets", "must be a list of units, each with an 'image' path")
@@ -91,32 +120,81 @@ def inputs_from_job(data: dict[str, Any], manager: PipelineManager, base: Path) 
         if "image" not in unit:
             raise RequestError(f"controlnets[{i}].image", "is required (a path)")
         inputs.control_images.append(open_image(f"controlnets[{i}].image", unit.pop("image"),
-                                                 base))  # fmt: skip
+                                                 base, limit))  # fmt: skip
         unit.setdefault("model", default_controlnet(manager, data.get("model")))
         data["controlnets"].append(typed_unit(unit))
     return inputs
 
 
-def open_image(field_name: str, path: Path | str | None, base: Path | None = None) -> Any:
-    """The image at `path` (relative to `base` when given), or None; a missing or
-    unreadable file is a RequestError naming the field."""
-    from PIL import Image, UnidentifiedImageError
-
-    from pipelines.errors import RequestError
+def open_image(
+    field_name: str, path: Path | str | None, base: Path | None = None,
+    max_pixels: int | None = None,
+) -> Any:  # fmt: skip
+    """The image at `path` (relative to `base` when given), or None. Opened by
+    pipelines.images.open_image (pixel limit from the header before decoding): a missing,
+    empty, non-image, truncated or oversized file is a RequestError naming the field.
+    Messages name the file by the path the user gave (their own machine's)."""
+    from pipelines.images import DEFAULT_MAX_PIXELS
+    from pipelines.images import open_image as open_checked
 
     if path is None:
         return None
+    if not isinstance(path, (str, os.PathLike)):
+        from pipelines.errors import RequestError
+
+        raise RequestError(field_name, f"must be a file path, got {path!r}")
     full = Path(path).expanduser()
     if base is not None and not full.is_absolute():
         full = base / full
-    if not full.is_file():
-        raise RequestError(field_name, f"no such file: {full}")
-    try:
-        image = Image.open(full)
-        image.load()
-    except (OSError, UnidentifiedImageError) as e:
-        raise RequestError(field_name, f"cannot read {full} as an image: {e}") from None
-    return image
+    limit = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    return open_checked(field_name, full, limit, name=str(full))
+
+
+def check_out_dir(field_name: str, out: Path | None) -> None:
+    """`out` must be a folder that exists or can be made, and be writable: checked before
+    generating, so that no work is lost at the end. Nothing is created here."""
+    from pipelines.errors import RequestError
+
+    if out is None:
+        return
+    folder = out.expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise RequestError(field_name, f"{out} is a file, not a folder")
+    existing = folder
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise RequestError(field_name, f"cannot make {out}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RequestError(field_name, f"cannot write into {existing} (permission denied)")
+
+
+def check_engine_values(values: Mapping[str, Any]) -> None:
+    """Engine settings that would otherwise fail later with a traceback (at startup, or
+    at the first job): `devices` and `dtype`, as RequestErrors naming the setting."""
+    import torch
+
+    from pipelines.errors import RequestError
+    from pipelines.loading import DTYPES
+
+    dtype = values.get("dtype") or "auto"
+    if dtype != "auto" and dtype not in DTYPES:
+        raise RequestError("dtype", f"must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = f"this machine has {gpus} CUDA GPU(s)" if gpus else "this machine has no CUDA GPU"
+    for slot in values.get("devices") or ():
+        for spec in slot.split("+"):
+            try:
+                device = torch.device(spec)
+            except (RuntimeError, ValueError):
+                rule = f"{spec!r} is not a device: use cpu, cuda or cuda:N ({have})"
+                raise RequestError("devices", rule) from None
+            if device.type == "cuda" and (device.index or 0) >= gpus:
+                raise RequestError("devices", f"{spec!r} does not exist: {have}")
+            if device.type == "mps" and not torch.backends.mps.is_available():
+                raise RequestError("devices", f"{spec!r} is not available on this machine")
+            if device.type not in ("cpu", "cuda", "mps"):
+                raise RequestError("devices", f"{spec!r}: use cpu, cuda or cuda:N ({have})")
 
 
 def default_controlnet(manager: PipelineManager, model: str | None) -> str:

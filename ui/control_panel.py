@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import gradio as gr
 
 from ui.form import UNIT_FIELDS, open_image
+from ui.img2img_panel import ImageUpload
 
 if TYPE_CHECKING:
     from pipelines.manager import PipelineManager
@@ -53,13 +54,14 @@ def run_preprocessor(
     model: str | None = None,
 ) -> Any:
     """The control map the engine would use (pipelines.preprocess.run), for the preview
-    button and the /preprocess endpoint. Errors are RequestErrors naming the field."""
+    button and the /preprocess endpoint. Errors are RequestErrors naming the field.
+    `image`: a file path (or anything pipelines.images.open_image takes); it is opened
+    after the other arguments are checked, and its header before its pixels."""
     from pipelines import preprocess
     from pipelines.errors import RequestError
     from pipelines.request import check_size
 
-    picture = open_image(image)
-    if picture is None:
+    if image is None or (isinstance(image, str) and not image.strip()):
         raise RequestError("image", "upload an image to preprocess")
     family = manager.registry.family_of(model or manager.settings.default_model)
     sizes = {}
@@ -73,6 +75,7 @@ def run_preprocessor(
         if not isinstance(value, (int, float)) or not 0 <= value <= 255 or value != int(value):
             raise RequestError(name, f"must be a whole number from 0 to 255, got {value!r}")
         thresholds.append(int(value))
+    picture = open_image("image", image, manager.settings.max_image_pixels)
     return preprocess.run(module, picture, sizes["width"], sizes["height"],
                           manager.settings.annotators_dir, *thresholds,
                           max(int(seed or 0), 0))  # fmt: skip
@@ -81,7 +84,7 @@ def run_preprocessor(
 @dataclass
 class ControlUnitWidgets:
     enabled: gr.Checkbox
-    image: gr.Image
+    image: ImageUpload
     module: gr.Dropdown
     module_note: gr.Markdown
     preview: gr.Button
@@ -184,9 +187,9 @@ def _build_unit(
     prefix = f"atelier-control-{i}"
     enabled = gr.Checkbox(False, label="Enable", elem_id=f"{prefix}-enabled")
     with gr.Row():
-        image = gr.Image(label="Control image", type="pil", image_mode="RGB", format="png",
-                         sources=["upload", "clipboard"], height=220,
-                         elem_id=f"{prefix}-image")  # fmt: skip
+        image = ImageUpload(label="Control image", type="filepath", image_mode=None,
+                            format="png", sources=["upload", "clipboard"], height=220,
+                            elem_id=f"{prefix}-image")  # fmt: skip
         control_map = gr.Image(label="Control map (preview)", interactive=False, format="png",
                                height=220, elem_id=f"{prefix}-map")  # fmt: skip
     with gr.Row(equal_height=True):

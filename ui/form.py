@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from pipelines import images
 from pipelines.errors import RequestError
 from pipelines.families import Family
 from pipelines.request import (
@@ -57,6 +58,7 @@ IMAGE_MODES = ("off", "img2img", "inpaint")
 UNIT_FIELDS = ("enabled", "image", "module", "model", "weight", "guidance_start",
                "guidance_end", "low_threshold", "high_threshold")  # fmt: skip
 CFG_STEP = 0.5
+MAX_PIXELS = images.DEFAULT_MAX_PIXELS  # callers pass the engine's max_image_pixels
 LORA_WEIGHT_STEP = 0.05
 
 
@@ -193,27 +195,23 @@ class StudioForm:
     unit_numbers: list[int]  # request unit k is the UI's unit unit_numbers[k] (1-based)
 
 
-def open_image(value: Any) -> Image.Image | None:
-    """A PIL image from what a widget or client sends: PIL, numpy, a path, or None."""
+def open_image(field: str, value: Any, max_pixels: int = MAX_PIXELS) -> Image.Image | None:
+    """The image a widget or client sends (a path, a file dict, bytes, PIL, numpy) opened
+    by pipelines.images.open_image (pixel limit checked before decoding; every bad file
+    a RequestError naming `field`), or None when there is none."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, Image.Image):
-        return value
-    if isinstance(value, np.ndarray):
-        return Image.fromarray(value)
-    if isinstance(value, Mapping) and "path" in value:  # gradio FileData as a dict
-        value = value["path"]
-    image = Image.open(str(value))
-    image.load()
-    return image
+    return images.open_image(field, value, max_pixels)
 
 
-def painted_mask(layers: Sequence[Any], size: tuple[int, int]) -> Image.Image | None:
+def painted_mask(
+    layers: Sequence[Any], size: tuple[int, int], max_pixels: int = MAX_PIXELS
+) -> Image.Image | None:
     """White where any editor layer has paint (alpha > 0), black elsewhere, at `size`
     (the init image's): None when nothing is painted."""
     painted = None
     for layer in layers:
-        image = open_image(layer)
+        image = open_image("mask_image", layer, max_pixels)
         if image is None:
             continue
         alpha = np.asarray(image.convert("RGBA").getchannel("A")) > 0
@@ -226,13 +224,14 @@ def painted_mask(layers: Sequence[Any], size: tuple[int, int]) -> Image.Image | 
 
 
 def images_from_area(
-    mode: str, editor: Any, mask_upload: Any
+    mode: str, editor: Any, mask_upload: Any, max_pixels: int = MAX_PIXELS
 ) -> tuple[Image.Image | None, Image.Image | None]:
     """(init image, mask) from the Image to image / Inpaint area.
 
-    `editor` is gr.ImageEditor's value ({"background", "layers", "composite"}) or a
-    plain image. An uploaded mask wins over paint; it is passed on as it is, so a
-    mask of the wrong size is the engine's error, naming mask_image."""
+    `editor` is gr.ImageEditor's value ({"background", "layers", "composite"}, each a
+    file path, bytes or an image) or a plain image. An uploaded mask wins over paint; it
+    is passed on as it is, so a mask of the wrong size is the engine's error, naming
+    mask_image. Images are opened here (not by Gradio): see pipelines.images."""
     if blank(mode) or mode == "off":
         return None, None
     if mode not in IMAGE_MODES:
@@ -241,13 +240,15 @@ def images_from_area(
     if isinstance(editor, Mapping):
         layers = editor.get("layers") or []
         editor = editor.get("background")
-    init = open_image(editor)
+    init = open_image("init_image", editor, max_pixels)
     if init is None:
         raise RequestError("init_image", f"{mode} needs an image: upload one or send a result")
     init = init.convert("RGB")
     if mode == "img2img":
         return init, None
-    mask = open_image(mask_upload) or painted_mask(layers, init.size)
+    mask = open_image("mask_image", mask_upload, max_pixels) or painted_mask(
+        layers, init.size, max_pixels
+    )
     if mask is None:
         raise RequestError("mask_image", "paint the area to repaint on the image, "
                            "or upload a mask (white = repaint)")  # fmt: skip
@@ -255,10 +256,11 @@ def images_from_area(
 
 
 def units_from_panel(
-    units: Sequence[Mapping[str, Any]],
+    units: Sequence[Mapping[str, Any]], max_pixels: int = MAX_PIXELS
 ) -> tuple[list[dict[str, Any]], list[Image.Image | None], list[int]]:
-    """The enabled ControlNet units as request dicts, their images, and their UI numbers."""
-    out, images, numbers = [], [], []
+    """The enabled ControlNet units as request dicts, their images (a bad file names
+    `controlnets[k].image`, k = the request's unit), and their UI numbers."""
+    out, pictures, numbers = [], [], []
     for n, unit in enumerate(units, start=1):
         if not unit.get("enabled"):
             continue
@@ -267,32 +269,42 @@ def units_from_panel(
             raise RequestError(f"controlnets[{len(out)}].model",
                                f"ControlNet unit {n} is enabled: choose its model")  # fmt: skip
         fields_ = {k: unit[k] for k in UNIT_FIELDS[4:] if not blank(unit.get(k))}
+        try:
+            pictures.append(open_image(f"controlnets[{len(out)}].image", unit.get("image"),
+                                       max_pixels))  # fmt: skip
+        except RequestError as e:  # say which of the UI's units (some may be off)
+            raise RequestError(e.field, f"ControlNet unit {n}: {e.rule}") from None
         out.append({"model": model, "module": unit.get("module") or "none", **fields_})
-        images.append(open_image(unit.get("image")))
         numbers.append(n)
-    return out, images, numbers
+    return out, pictures, numbers
 
 
-def studio_form(values: Mapping[str, Any]) -> StudioForm:
+def studio_form(values: Mapping[str, Any], max_pixels: int = MAX_PIXELS) -> StudioForm:
     """Everything the Generate tab sends: FIELDS' names (without "controlnets"), plus
-    "image_mode", "init_editor", "mask_upload" and "units" (dicts keyed by UNIT_FIELDS)."""
+    "image_mode", "init_editor", "mask_upload" and "units" (dicts keyed by UNIT_FIELDS).
+    `max_pixels`: the engine's `max_image_pixels` (every image is checked against it)."""
     area = ("image_mode", "init_editor", "mask_upload", "units")
     plain = {k: v for k, v in values.items() if k not in area}
     if "controlnets" in plain:
         raise RequestError("controlnets", "the studio form sends units, not controlnets")
     init, mask = images_from_area(values.get("image_mode", "off"), values.get("init_editor"),
-                                  values.get("mask_upload"))  # fmt: skip
-    units, control_images, numbers = units_from_panel(values.get("units") or [])
+                                  values.get("mask_upload"), max_pixels)  # fmt: skip
+    units, control_images, numbers = units_from_panel(values.get("units") or [], max_pixels)
     request = request_from_widgets({**plain, "controlnets": units})
     return StudioForm(request, FormImages(init, mask, control_images), numbers)
 
 
-def api_images(init_image: Any, mask_image: Any, control_images: Any) -> FormImages:
-    """The API's image arguments (paths, file dicts or images; control_images a list)."""
+def api_images(
+    init_image: Any, mask_image: Any, control_images: Any, max_pixels: int = MAX_PIXELS
+) -> FormImages:
+    """The API's image arguments (paths, file dicts or images; control_images a list),
+    each checked and opened; a bad file names its argument (`control_images[1]`)."""
     if isinstance(control_images, (str, Mapping)) or control_images is None:
         control_images = [] if blank(control_images) else [control_images]
-    return FormImages(open_image(init_image), open_image(mask_image),
-                      [open_image(c) for c in control_images])  # fmt: skip
+    return FormImages(open_image("init_image", init_image, max_pixels),
+                      open_image("mask_image", mask_image, max_pixels),
+                      [open_image(f"control_images[{k}]", c, max_pixels)
+                       for k, c in enumerate(control_images)])  # fmt: skip
 
 
 def widgets_from_request(req: GenerationRequest) -> dict[str, Any]:

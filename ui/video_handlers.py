@@ -12,7 +12,7 @@ import gradio as gr
 from PIL.Image import Resampling
 
 from ui.context import StudioContext
-from ui.form import error_markdown, family_updates
+from ui.form import error_markdown, family_updates, open_image
 from ui.generate_handlers import running
 from ui.runner import stream_job
 from ui.video_form import (
@@ -53,7 +53,8 @@ def generate(
     progress: Callable[[Any], None] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run the form's video request as a job; updates as ui.generate_handlers.generate.
-    `values`: the Video form's values by name; `start`/`end`: the images (PIL or None)."""
+    `values`: the Video form's values by name; `start`/`end`: the images (file paths,
+    or images; None), opened after the family has dropped the ones it takes none of."""
     from pipelines.errors import AtelierError, RequestError
     from pipelines.video import VideoJob
 
@@ -62,7 +63,10 @@ def generate(
             raise RequestError("model", "pick a video model")
         fam = ctx.manager.registry.family_of(values["model"])
         values, start, end = for_family(dict(values), start, end, fam)
-        job = ctx.manager.submit(VideoJob(video_request_from_widgets(values), start, end), caller)
+        request = video_request_from_widgets(values)
+        limit = ctx.manager.settings.max_image_pixels
+        start, end = open_image("image", start, limit), open_image("end_image", end, limit)
+        job = ctx.manager.submit(VideoJob(request, start, end), caller)
         yield {"error": gr.Markdown(visible=False), "status": "Waiting for a device…"}
         for event in stream_job(job):
             if event.kind == "result":

@@ -17,6 +17,7 @@ import gradio as gr
 
 from ui import video_handlers as handlers
 from ui.context import StudioContext
+from ui.img2img_panel import ImageUpload
 from ui.runner import gpu, progress_text
 from ui.video_api import add_video_api
 from ui.video_form import DEFAULT_FORMAT, image_inputs, video_models, video_specs
@@ -61,12 +62,15 @@ def build_video_tab(ctx: StudioContext) -> VideoTab:
                                             value=family.default_scheduler,
                                             elem_id="atelier-video-scheduler")  # fmt: skip
                 with gr.Row():
-                    image = gr.Image(type="pil", label=shown["start_label"], height=200,
-                                     visible=shown["start_visible"], sources=SOURCES,
-                                     elem_id="atelier-video-image")  # fmt: skip
-                    end_image = gr.Image(type="pil", label="End image (optional)", height=200,
-                                         visible=shown["end_visible"], sources=SOURCES,
-                                         elem_id="atelier-video-end-image")  # fmt: skip
+                    # Files, opened by the handler (pixel limit before decoding).
+                    image = ImageUpload(type="filepath", image_mode=None, height=200,
+                                        label=shown["start_label"], sources=SOURCES,
+                                        visible=shown["start_visible"],
+                                        elem_id="atelier-video-image")  # fmt: skip
+                    end_image = ImageUpload(type="filepath", image_mode=None, height=200,
+                                            label="End image (optional)", sources=SOURCES,
+                                            visible=shown["end_visible"],
+                                            elem_id="atelier-video-end-image")  # fmt: skip
                 with gr.Row():
                     frames = gr.Slider(**specs["frames"], label="Frames (4k+1)",
                                        elem_id="atelier-video-frames")  # fmt: skip
