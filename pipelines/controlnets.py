@@ -18,8 +18,9 @@ import torch
 
 from . import builtin
 from .errors import RequestError
+from .hub import HubPolicy, Plan
+from .hub import resolve as resolve_repo
 from .loading import LOAD_LOCK
-from .registry import snapshot_of
 from .request import check_name
 
 
@@ -28,6 +29,7 @@ class ControlNetEntry:
     name: str
     path: Path
     family: str  # "sd15" or "sdxl"
+    pending: Plan | None = None  # Hub ControlNets: weights a job downloads before it runs
 
     @property
     def key(self) -> str:
@@ -51,11 +53,15 @@ def family_of(folder: Path) -> str:
 
 class ControlNetLibrary:
     def __init__(
-        self, controlnets_dir: Path | None, cache_root: Path | None = None, allow_hub: bool = True
+        self,
+        controlnets_dir: Path | None,
+        cache_root: Path | None = None,
+        allow_hub: bool = True,
+        hub_policy: HubPolicy | None = None,
     ) -> None:
         self.controlnets_dir = Path(controlnets_dir) if controlnets_dir else None
         self.cache_root = cache_root
-        self.allow_hub = allow_hub
+        self.hub_policy = hub_policy or HubPolicy("any" if allow_hub else "off")
 
     def _user_folders(self) -> dict[str, Path]:
         """ControlNet folders in the controlnets folder, by name (the built-in excluded)."""
@@ -79,9 +85,10 @@ class ControlNetLibrary:
             folders[name] = builtin.ensure_controlnet(self.cache_root)  # built only when used
         if name in folders:
             return ControlNetEntry(name, folders[name], family_of(folders[name]))
-        if "/" in name and self.allow_hub:
-            path = snapshot_of(name)
-            return ControlNetEntry(name, path, family_of(path))
+        if "/" in name and self.hub_policy.mode != "off":
+            plan = resolve_repo(name, self.hub_policy, field_name, kind="controlnet")
+            return ControlNetEntry(name, plan.folder, family_of(plan.folder),
+                                   plan if plan.weights else None)  # fmt: skip
         valid = ", ".join([builtin.TINY_CONTROLNET, *folders])
         raise RequestError(field_name, f"unknown ControlNet '{name}'; available: {valid}")
 

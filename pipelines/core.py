@@ -27,7 +27,10 @@ class EngineSettings:
     annotators_dir: Path | None = None  # weights of the ControlNet preprocessors
     cache_root: Path | None = None  # built-in models; None = ~/.cache/atelier
     cache_budget_mb: int | None = None  # per slot; None = 90% of GPU memory / half the RAM
-    allow_hub: bool = True
+    allow_hub: bool = True  # old name: False is hub_models "off"
+    hub_models: str = "any"  # off | cached | owner/name patterns | any (see hub.py)
+    hub_max_gb: float = 40.0
+    flux_base: str | None = None  # diffusers Flux folder or Hub id for Flux single files
     preview_every: int = 0  # steps between previews; 0 = none
     lora_mode: str = "switch"  # "switch" | "fused" | "hotswap" (see adapters.py)
     lora_cache_count: int = 16  # resident adapters per cached model

@@ -121,11 +121,15 @@ def resolve(repo_id: str, policy: HubPolicy, field: str, kind: str = "model") ->
     cached = _cached(repo_id, kind)
     if cached is not None and (policy.mode != "list" or policy.may_download(repo_id)):
         return Plan(repo_id, "", cached, ())
-    if policy.mode == "cached" or _offline():
-        why = "hub_models=cached" if policy.mode == "cached" else "HF_HUB_OFFLINE is set"
+    if policy.mode == "cached":
         rule = (f"'{repo_id}' is not in this server's Hugging Face cache, and this server "
-                f"downloads nothing ({why})")  # fmt: skip
+                "downloads nothing (hub_models=cached)")  # fmt: skip
         raise RequestError(field, rule)
+    if _offline():
+        raise ModelUnavailableError(
+            f"model '{repo_id}' is not available offline: it is not in the local Hugging Face "
+            "cache and HF_HUB_OFFLINE=1 forbids downloading it"
+        )
     if not policy.may_download(repo_id):
         rule = f"'{repo_id}' is not allowed on this server (hub_models: {policy.describe()})"
         raise RequestError(field, rule)
@@ -244,3 +248,20 @@ def fetch_weights(plan: Plan, progress: Progress | None, cancelled: Callable[[],
 def describe_plan(plan: Plan) -> dict[str, Any]:
     return {"repo": plan.repo_id, "files": [w for w, _ in plan.weights],
             "bytes": plan.pending_bytes}  # fmt: skip
+
+
+def fetch_pending(
+    plans: list[Plan], progress: Progress | None, cancelled: Callable[[], bool]
+) -> None:
+    """Download every plan's weights, one byte count over them all (a job's models and
+    ControlNets), before the job waits for a device."""
+    total = sum(p.pending_bytes for p in plans)
+    offset = 0
+    for plan in plans:
+
+        def report(done: int, _: int, base: int = offset) -> None:
+            if progress is not None:
+                progress(base + done, total)
+
+        fetch_weights(plan, report, cancelled)
+        offset += plan.pending_bytes

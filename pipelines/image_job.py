@@ -117,6 +117,10 @@ class ImageRunner:
         for lora_name, _ in req.loras:
             check_family(core.loras.get(lora_name), entry.family.name, name)
         check_inputs(req, inputs or Inputs(), entry.family.name, name)
+        if entry.inpaint and not task_of(req, inputs or Inputs()).startswith("inpaint"):
+            rule = (f"'{name}' is an inpainting checkpoint (9-channel UNet): use it to inpaint, "
+                    "with an init image and a mask")  # fmt: skip
+            raise RequestError("model", rule)
         for i, unit in enumerate(req.controlnets):
             cn = core.controlnets.get(unit.model, f"controlnets[{i}].model")
             cn.check_family(entry.family.name, name, f"controlnets[{i}].model")
@@ -140,6 +144,8 @@ class ImageRunner:
         ready: _Ready = prepared.data
         timings = {"prepare": ready.prepare_s}
         made = _Made()
+        units = [self.core.controlnets.get(u.model) for u in req.controlnets]
+        ctx.fetch([ready.entry.pending, *(u.pending for u in units)])  # no slot held
         pool = self.core.pool
         with pool.model_on_slot(ready.entry, ctx.job, timings, ctx.on_slot) as (slot, loaded):
             self._images(slot, loaded, req, ready, ctx, made)

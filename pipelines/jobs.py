@@ -14,7 +14,8 @@ them all:
 2. admission refuses it with a LimitError naming the limit when the request's work
    is over `max_work`, when `queue_size` jobs already wait, or when its caller
    already has `max_jobs_per_user` jobs waiting or running (0 = no limit);
-3. the job runs in its own thread: it waits in the slot pool's FIFO line
+3. the job runs in its own thread: it downloads the Hub weights it needs, if any
+   (`download` events with bytes done/total; hub.py), then waits in the slot pool's FIFO line
    (`queued` events carry its place), takes a slot (`started`), reports each step
    (`progress`, with an ETA from measured step times; `preview` when it carries a
    latent preview) and ends with exactly one of `result`, `error`, `cancelled`.
@@ -49,10 +50,10 @@ TERMINAL = ("result", "error", "cancelled")
 
 @dataclass(frozen=True)
 class JobEvent:
-    kind: str  # queued | started | progress | preview | result | error | cancelled
+    kind: str  # queued | download | started | progress | preview | result | error | cancelled
     job_id: str
     position: int | None = None  # queued: place in the line (1 = next)
-    step: int = 0  # progress: steps done, over every pass of the job
+    step: int = 0  # progress: steps done, over every pass of the job (download: bytes)
     total: int = 0
     eta: float | None = None  # seconds left, from this job's measured step times
     preview: Any = None  # a PIL image (preview events)
@@ -99,6 +100,20 @@ class JobContext:
 
     def on_progress(self, event: ProgressEvent) -> None:
         self.job._progress(event)
+
+    def on_download(self, done: int, total: int) -> None:
+        """Bytes of the job's Hub models downloaded so far (before it waits for a slot)."""
+        self.job._emit(JobEvent("download", self.job.id, step=done, total=total))
+
+    def fetch(self, plans: list[Any]) -> None:
+        """Download the Hub weights the job still needs (hub.Plan objects; None skipped),
+        reporting `download` events; stops within a chunk when the job is cancelled.
+        Runs in the job's own thread, holding no device slot."""
+        from .hub import fetch_pending
+
+        todo = [p for p in plans if p is not None]
+        if todo:
+            fetch_pending(todo, self.on_download, lambda: self.cancel.cancelled)
 
 
 class Job:

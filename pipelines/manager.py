@@ -22,6 +22,7 @@ from PIL import Image
 from .controlnets import ControlNetLibrary
 from .core import EngineCore, EngineSettings
 from .families import Family
+from .hub import HubPolicy
 from .image_job import GenerationResult, ImageJob, ImageRunner
 from .jobs import Job, JobQueue, Limits
 from .loras import LoraLibrary
@@ -43,12 +44,15 @@ class PipelineManager:
         loras: LoraLibrary | None = None,
     ) -> None:
         self.settings = s = settings or EngineSettings()
-        self.registry = registry or ModelRegistry(s.models_dir, s.cache_root, s.allow_hub)
+        policy = HubPolicy.parse(s.hub_models if s.allow_hub else "off", s.hub_max_gb)
+        self.registry = registry or ModelRegistry(s.models_dir, s.cache_root, s.allow_hub,
+                                                  s.flux_base, policy)  # fmt: skip
         self.loras = loras or LoraLibrary(s.loras_dir, s.cache_root)
-        self.controlnets = ControlNetLibrary(s.controlnets_dir, s.cache_root, s.allow_hub)
+        self.controlnets = ControlNetLibrary(s.controlnets_dir, s.cache_root, s.allow_hub, policy)
         adapters = AdapterOptions(s.lora_mode, s.lora_cache_count, s.lora_cache_mb * 2**20,
                                   s.lora_hotswap_rank)  # fmt: skip
-        self.pool = SlotPool(s.devices, s.cache_budget_mb, s.load, adapters)
+        self.pool = SlotPool(s.devices, s.cache_budget_mb, s.load, adapters,
+                             self.registry.model_hash)  # fmt: skip
         self.core = EngineCore(s, self.registry, self.loras, self.controlnets, self.pool)
         self.jobs = JobQueue(self.pool, Limits(s.queue_size, s.max_jobs_per_user, s.max_work))
         self.images = ImageRunner(self.core)

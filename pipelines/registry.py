@@ -28,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import builtin, hashes, singlefile
+from . import builtin, hashes, hub, singlefile
 from .errors import AtelierError, ModelUnavailableError, RequestError
 from .families import FAMILIES, Family, family_from_model_index
 from .request import check_name
@@ -46,6 +46,7 @@ class ModelEntry:
     source: str  # "builtin" | "folder" | "added" | "hub" | "file"
     checkpoint: singlefile.Checkpoint | None = None  # single files: arch, inpaint, config
     note: str = ""  # e.g. why a file is listed under another name than its stem
+    pending: hub.Plan | None = None  # Hub models: weights a job downloads before it runs
 
     @property
     def inpaint(self) -> bool:
@@ -132,10 +133,12 @@ class ModelRegistry:
         cache_root: Path | None = None,
         allow_hub: bool = True,
         flux_base: str | Path | None = None,
+        hub_policy: hub.HubPolicy | None = None,
     ) -> None:
         self.models_dir = Path(models_dir) if models_dir else None
         self.cache_root = Path(cache_root) if cache_root else builtin.default_root()
-        self.allow_hub = allow_hub
+        # What a request may make the server download (hub.py); allow_hub=False is "off".
+        self.hub_policy = hub_policy or hub.HubPolicy("any" if allow_hub else "off")
         # Flux transformer-only files take text encoders and VAE from here:
         # a diffusers Flux folder or a Hub id (resolved when such a file is used).
         self.flux_base = str(flux_base) if flux_base else None
@@ -252,9 +255,11 @@ class ModelRegistry:
             singlefile.require_config(ckpt, name)
         return ModelEntry(name, FAMILIES[ckpt.family], path, "file", ckpt, note)
 
-    def resolve(self, name: str) -> ModelEntry:
-        """The entry for `name`; builds built-ins on first use. Raises RequestError if unknown."""
-        check_name("model", name, "model")
+    def resolve(self, name: str, field: str = "model") -> ModelEntry:
+        """The entry for `name`; builds built-ins on first use. Raises RequestError (naming
+        `field`) if unknown or refused by the Hub policy. A Hub model not in the cache
+        comes back with its configs and `pending` weights, which `fetch` downloads."""
+        check_name(field, name, "model")
         if name in builtin.BUILTIN_MODELS:
             path = builtin.ensure_model(name, self.cache_root)
             return ModelEntry(name, read_family(path), path, "builtin")
@@ -271,11 +276,16 @@ class ModelRegistry:
         for pickled in self._scan_files()[1]:
             if pickled.stem == name:
                 raise RequestError("model", singlefile.pickle_refusal(pickled))
-        if "/" in name and (added or self.allow_hub):
-            path = snapshot_of(name)
-            return ModelEntry(name, read_family(path), path, "hub")
+        if "/" in name and (added or self.hub_policy.mode != "off"):
+            # Hub ids the operator added (--model owner/name) are trusted; a request's
+            # are what the policy allows.
+            policy = hub.HubPolicy("any", (), self.hub_policy.max_bytes) if added else None
+            plan = hub.resolve(name, policy or self.hub_policy, field)
+            return ModelEntry(name, read_family(plan.folder), plan.folder, "hub",
+                              pending=plan if plan.weights else None)  # fmt: skip
         valid = ", ".join(self.names())
-        raise RequestError("model", f"unknown model '{name}'; available: {valid}")
+        off = "; Hub models are off on this server (hub_models=off)" if "/" in name else ""
+        raise RequestError(field, f"unknown model '{name}'; available: {valid}{off}")
 
     def family_of(self, name: str) -> Family:
         """A model's family without building or loading it (built-ins: from the table;

@@ -82,7 +82,15 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
     Setting("vae_tiling", False, "decode large images in tiles to save memory", parse_bool),
     Setting("offload", "none", "none, model (components move to the GPU when used) or group "
             "(layer groups onloaded as they run): for models bigger than the GPU"),
-    Setting("allow_hub", True, "allow Hub ids (owner/name) as model names", parse_bool),
+    Setting("allow_hub", True, "old name: false is hub_models=off", parse_bool),
+    Setting("hub_models", "auto", "what requests may take from the Hugging Face Hub: off, "
+            "cached (only what the local HF cache holds; nothing is downloaded), a "
+            "comma-separated allow-list of owner/name patterns (downloaded when asked for), "
+            "or any; auto = any, but cached on a public studio"),
+    Setting("hub_max_gb", 40.0, "largest Hub model (the files its layout needs) a request "
+            "may make the server download, in GB", float),
+    Setting("flux_base", "", "diffusers Flux folder or Hub id whose text encoders and VAE "
+            "go with Flux transformer-only .safetensors files"),
     Setting("preview_every", 0, "live preview every N steps (0 = off)", int),
     Setting("lora_mode", "switch", "switch (resident adapters, set per request), fused (fuse "
             "for runs of requests with one LoRA set) or hotswap (for torch.compile)"),
@@ -143,6 +151,9 @@ def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
         cache_root=path("cache_dir"),
         cache_budget_mb=values["cache_budget_mb"] or None,
         allow_hub=values["allow_hub"],
+        hub_models=auto_hub(values["hub_models"], values["allow_hub"], values.get("public", False)),
+        hub_max_gb=values["hub_max_gb"],
+        flux_base=values["flux_base"] or None,
         preview_every=values["preview_every"],
         lora_mode=values["lora_mode"],
         lora_cache_count=values["lora_cache_count"],
@@ -175,3 +186,13 @@ def auto_work(value: int | str, public: bool) -> int:
     return max(f.default_size * (f.default_height or f.default_size) * f.default_steps
                * (f.default_frames if f.kind == "video" else 4)
                for f in FAMILIES.values())  # fmt: skip
+
+
+def auto_hub(value: str, allow_hub: bool, public: bool) -> str:
+    """hub_models: off when the old allow_hub is false; auto = cached on a public studio
+    (nothing downloaded on a stranger's request), else any."""
+    if not allow_hub:
+        return "off"
+    if value.strip().lower() == "auto":
+        return "cached" if public else "any"
+    return value

@@ -107,9 +107,12 @@ class SlotPool:
         budget_mb: int | None,
         load: LoadOptions,
         adapters: AdapterOptions,
+        hash_of: Callable[[ModelEntry], str] | None = None,
     ) -> None:
         self.load_options = load
         self.adapter_options = adapters
+        # A model's "Model hash" (the registry's: cached across runs, A1111's for files)
+        self.hash_of = hash_of or (lambda entry: folder_model_hash(entry.path))
         self.slots: list[DeviceSlot] = []
         for i, spec in enumerate(devices or default_devices()):
             span = spec.split("+")  # "cuda:0+cuda:1": one slot over two GPUs (big models)
@@ -176,7 +179,7 @@ class SlotPool:
             entry=entry,
             pipeline=pipe,
             pristine_scheduler=dict(pipe.scheduler.config),
-            model_hash=folder_model_hash(entry.path),
+            model_hash=self.hash_of(entry),
             adapters=AdapterSet(pipe, a.mode, a.count, a.bytes, a.hotswap_rank),
         )
         slot.cache.put(key, loaded, module_bytes(pipe))
@@ -225,5 +228,9 @@ def lora_scope(
         loaded.adapters.deactivate()
 
 
-def _disk_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in Path(folder).rglob("*.safetensors"))
+def _disk_bytes(path: Path) -> int:
+    """Bytes of a model's weights on disk: a single file, or a folder's safetensors."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*.safetensors"))

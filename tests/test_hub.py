@@ -109,3 +109,63 @@ def test_errors_do_not_show_server_paths(hub, tmp_path):
     with pytest.raises(RequestError) as e:
         resolve("acme/missing", HubPolicy.parse("cached"), "model")
     assert str(tmp_path) not in str(e.value) and "/root" not in str(e.value)
+
+
+def new_manager(cache_root, policy):
+    from pipelines import EngineSettings, PipelineManager
+
+    return PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root,
+                                          hub_models=policy))  # fmt: skip
+
+
+def test_a_job_downloads_its_hub_model_with_progress_then_equals_the_local_model(hub, cache_root):
+    import numpy as np
+
+    from pipelines import GenerationRequest, ImageJob
+
+    m = new_manager(cache_root, "acme/*")
+    req = GenerationRequest(prompt="a fox", model="acme/tiny-sd", seed=3,
+                            num_inference_steps=2, width=64, height=64)  # fmt: skip
+    job = m.submit(ImageJob(req))
+    events = list(job.events(timeout=120))
+    kinds = [e.kind for e in events]
+    first_start = kinds.index("started")
+    assert set(kinds[:first_start]) == {"download"} and kinds[-1] == "result", kinds
+    downloads = [(e.step, e.total) for e in events if e.kind == "download"]
+    assert downloads[-1][0] == downloads[-1][1] > 0
+    local = m.generate(GenerationRequest(prompt="a fox", model="tiny-sd", seed=3,
+                                         num_inference_steps=2, width=64, height=64))  # fmt: skip
+    assert np.array_equal(np.asarray(job.result().images[0]), np.asarray(local.images[0]))
+
+
+def test_a_download_holds_no_device_and_its_job_can_be_cancelled(hub, cache_root):
+    from pipelines import GenerationRequest, ImageJob
+
+    hub.bytes_per_s = 100_000  # the model's weights take many seconds to arrive
+    m = new_manager(cache_root, "any")
+    small = dict(num_inference_steps=2, width=64, height=64)
+    downloading = m.submit(ImageJob(GenerationRequest(prompt="slow", model="acme/tiny-sd",
+                                                      **small)), caller="ann")  # fmt: skip
+    events = downloading.events(timeout=120)
+    assert next(events).kind == "download"
+    other = m.generate(GenerationRequest(prompt="meanwhile", seed=1, **small), caller="bob")
+    assert other.images and not downloading.done, "bob's job ran while ann's model downloads"
+    downloading.cancel()
+    assert [e.kind for e in events][-1] == "cancelled"
+
+
+def test_public_default_downloads_nothing(hub, cache_root):
+    from pipelines import GenerationRequest, ImageJob
+    from pipelines.settings import auto_hub
+
+    m = new_manager(cache_root, auto_hub("auto", True, public=True))
+    with pytest.raises(RequestError, match="downloads nothing"):
+        m.submit(ImageJob(GenerationRequest(prompt="x", model="acme/tiny-sd")))
+    from PIL import Image
+
+    from pipelines.tasks import Inputs
+
+    unit = GenerationRequest(prompt="x", controlnets=[{"model": "acme/cn"}])
+    with pytest.raises(RequestError, match=r"controlnets\[0\].model: 'acme/cn'"):
+        m.submit(ImageJob(unit, Inputs(control_images=[Image.new("RGB", (64, 64))])))
+    assert hub.requests == []
