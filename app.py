@@ -198,7 +198,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 def _model_arg(manager: PipelineManager, model: str | None) -> str | None:
     """--model as given, or, for a local folder (trusted on the command line), the name
     it gets when added to the registry."""
-    if model and Path(model).expanduser().is_dir():
+    if model and Path(model).expanduser().exists():
         return manager.registry.add(model)
     return model
 

@@ -160,6 +160,7 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
                 job = ImageJob(
                     request_from_widgets(values),
                     api_images(init_image, mask_image, control_images, pixels).inputs(),
+                    save_to=ctx.store.outputs_dir,  # each image saved as it is decoded
                 )
             yield from endpoint_stream(ctx.manager, job, ctx.caller(request), publish, 3, progress)
 

@@ -31,11 +31,13 @@ def run_one(
     task_id: str | None,
     inputs: Any = None,
 ) -> dict:
-    from pipelines.outputs import check_task_id, save_result
+    from pipelines.image_job import ImageJob
+    from pipelines.tasks import Inputs
 
-    check_task_id(task_id)  # before the work, not after it
-    result = manager.generate(request, inputs=inputs)
-    paths = save_result(result, out, task_id) if out else []
+    # Each image is saved by the engine as soon as its call is decoded.
+    job = ImageJob(request, inputs or Inputs(), save_to=out, task_id=task_id)
+    result = manager.submit(job).result()
+    paths = result.paths
     return {
         "task_id": task_id,
         "paths": [str(p) for p in paths],

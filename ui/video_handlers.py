@@ -56,17 +56,9 @@ def generate(
     `values`: the Video form's values by name; `start`/`end`: the images (file paths,
     or images; None), opened after the family has dropped the ones it takes none of."""
     from pipelines.errors import AtelierError, RequestError
-    from pipelines.video import VideoJob
 
     try:
-        if not values.get("model"):
-            raise RequestError("model", "pick a video model")
-        fam = ctx.manager.registry.family_of(values["model"])
-        values, start, end = for_family(dict(values), start, end, fam)
-        request = video_request_from_widgets(values)
-        limit = ctx.manager.settings.max_image_pixels
-        start, end = open_image("image", start, limit), open_image("end_image", end, limit)
-        job = ctx.manager.submit(VideoJob(request, start, end), caller)
+        job = ctx.manager.submit(job_of(ctx, values, start, end), caller)
         yield {"error": gr.Markdown(visible=False), "status": "Waiting for a device…"}
         for event in stream_job(job):
             if event.kind == "result":
@@ -79,6 +71,21 @@ def generate(
         yield {"error": gr.Markdown(error_markdown(e), visible=True), "status": ""}
     except AtelierError as e:  # model not available, cancelled before start, ...
         yield {"error": gr.Markdown(f"**error**: {e}", visible=True), "status": ""}
+
+
+def job_of(ctx: StudioContext, values: Mapping[str, Any], start: Any, end: Any) -> Any:
+    """The VideoJob of the form's values and images (opened and checked here)."""
+    from pipelines.errors import RequestError
+    from pipelines.video import VideoJob
+
+    if not values.get("model"):
+        raise RequestError("model", "pick a video model")
+    fam = ctx.manager.registry.family_of(values["model"])
+    values, start, end = for_family(dict(values), start, end, fam)
+    request = video_request_from_widgets(values)
+    limit = ctx.manager.settings.max_image_pixels
+    start, end = open_image("image", start, limit), open_image("end_image", end, limit)
+    return VideoJob(request, start, end)
 
 
 def finished(ctx: StudioContext, result: Any, fmt: str | None) -> dict[str, Any]:

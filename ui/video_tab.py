@@ -18,7 +18,7 @@ import gradio as gr
 from ui import video_handlers as handlers
 from ui.context import StudioContext
 from ui.img2img_panel import ImageUpload
-from ui.runner import gpu, progress_text
+from ui.runner import gpu, gpu_seconds, progress_text
 from ui.video_api import add_video_api
 from ui.video_form import DEFAULT_FORMAT, image_inputs, video_models, video_specs
 from ui.video_handlers import enlarged  # noqa: F401 (the tab's preview scaling, re-exported)
@@ -155,7 +155,18 @@ def build_video_tab(ctx: StudioContext) -> VideoTab:
                    last_seed, time_taken]  # fmt: skip
         by_name = dict(zip(handlers.OUTPUTS, outputs, strict=True))
         event = run.click(
-            gpu(run_job),
+            gpu(
+                run_job,
+                lambda data, *_: gpu_seconds(
+                    ctx,
+                    lambda: handlers.job_of(
+                        ctx,
+                        {name: data[c] for c, name in by_component.items()},
+                        data[image],
+                        data[end_image],
+                    ),
+                ),
+            ),  # fmt: skip
             inputs={*widgets.values(), image, end_image, fmt},
             outputs=outputs,
             api_name="studio_video",
