@@ -17,10 +17,14 @@ the paths, passes the full path as `name`).
 from __future__ import annotations
 
 import base64
+import functools
 import io
+import logging
 import os
 import re
+import struct
 import warnings
+import zlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,12 +33,15 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import RequestError
 
+log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 40_000_000  # the `max_image_pixels` setting's default
 # Modes the engine can turn into RGB (and masks into L) without losing the picture.
 # 16/32-bit greyscale (I;16, I, F) would be clipped to white by convert("RGB"),
 # and "La" does not convert at all: those are refused with a hint instead.
 SUPPORTED_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr",
                    "LAB", "HSV")  # fmt: skip
+# What Pillow's decoders raise on bad data (a truncated file, a broken zlib stream).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, struct.error, zlib.error)
 
 
 def megapixels(pixels: int) -> str:
@@ -69,11 +76,10 @@ def open_image(field: str, source: Any, max_pixels: int, name: str | None = None
         return _checked_loaded(field, Image.fromarray(source), max_pixels)
     readable, shown = _readable(field, source, name)
     # 1. header only: Pillow's bomb warning is ours to raise as an error (check_pixels)
+    _quiet_bomb_warning()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(readable)
-    except Image.DecompressionBombError as e:
+        image = Image.open(readable)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise RequestError(field, _bomb_rule(str(e), max_pixels)) from None
     except UnidentifiedImageError:
         raise RequestError(field, "not an image file (cannot identify image file)") from None
@@ -84,13 +90,27 @@ def open_image(field: str, source: Any, max_pixels: int, name: str | None = None
         # 2. decode (now that the size is known to be acceptable)
         try:
             image.load()
-        except (OSError, SyntaxError, ValueError, EOFError) as e:
+        except DECODE_ERRORS as e:
             rule = f"truncated or corrupt image data ({_clean(e, readable, shown)})"
             raise RequestError(field, rule) from None
         _check_mode(field, image)
-        # 3. as a browser shows it (phones store the rotation in EXIF)
-        ImageOps.exif_transpose(image, in_place=True)
+        # 3. as a browser shows it (phones store the rotation in EXIF); broken EXIF is
+        # not a broken picture: the image is kept as stored
+        try:
+            ImageOps.exif_transpose(image, in_place=True)
+        except Exception as e:  # any EXIF parsing failure (struct, value, OS errors)
+            log.info("%s: EXIF orientation not applied (%s)", field, e)
     return image
+
+
+@functools.cache
+def _quiet_bomb_warning() -> None:
+    """Silence Pillow's DecompressionBombWarning for the process, once: every image of a
+    request is refused over Pillow's ceiling by check_pixels, as an error naming the
+    field, so the warning is only noise in the log. (A filter set once, not swapped in
+    and out with warnings.catch_warnings, which is not thread-safe: a concurrent
+    catch_warnings elsewhere could leave its own filters in force for good.)"""
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 def _readable(field: str, source: Any, name: str | None) -> tuple[Any, str]:
@@ -134,7 +154,7 @@ def _checked_loaded(field: str, image: Image.Image, max_pixels: int) -> Image.Im
     check_pixels(field, image.size, max_pixels)
     try:
         image.load()
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except DECODE_ERRORS as e:
         raise RequestError(field, f"truncated or corrupt image data ({e})") from None
     _check_mode(field, image)
     return image

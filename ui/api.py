@@ -114,9 +114,10 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
                                            "mask with inpaint_area 'masked'; blank = "
                                            f"{request_default('inpaint_padding')}"),
         }  # fmt: skip
-        images = gr.File(file_count="multiple", label="images: the PNG files")
-        infotext = gr.Textbox(label="infotext: the first image's parameters (A1111 text)")
-        seed_used = gr.Number(label="seed: the first image's seed", precision=0)
+        # Short labels: view_api prints an output's label as its name.
+        images = gr.File(file_count="multiple", label="images")
+        infotext = gr.Textbox(label="infotext")
+        seed_used = gr.Number(label="seed", precision=0)
         trigger = gr.Button()
 
         def generate(
@@ -179,7 +180,7 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
             gr.Textbox("", label="model: whose family sets the default size; blank = the "
                        "server's default model"),
         ]  # fmt: skip
-        control_map = gr.File(label="control map: a PNG file")
+        control_map = gr.File(label="control map")
         pre_trigger = gr.Button()
 
         def preprocess(

@@ -12,6 +12,7 @@ from typing import Any
 
 import gradio as gr
 
+from ui.form import error_markdown
 from ui.img2img_panel import ImageUpload
 
 
@@ -26,7 +27,9 @@ class PngInfoTab:
 
 def read_parameters(path: Any, max_pixels: int | None = None) -> tuple[str, Any]:
     """(parameters text, note) of the image at `path` (a file path or bytes). A bad file
-    is a gr.Error naming `image` and the rule."""
+    clears the text and says what is wrong in the note ("**image**: is empty (0 bytes)"):
+    this event is not queued, and the page shows a bare "Error" for a raised gr.Error
+    of an unqueued event, without its message."""
     from pipelines.errors import RequestError
     from pipelines.images import DEFAULT_MAX_PIXELS, open_image
     from pipelines.outputs import read_png_parameters
@@ -36,7 +39,7 @@ def read_parameters(path: Any, max_pixels: int | None = None) -> tuple[str, Any]
     try:
         image = open_image("image", path, max_pixels or DEFAULT_MAX_PIXELS)
     except RequestError as e:
-        raise gr.Error(str(e), print_exception=False) from None
+        return "", gr.Markdown(error_markdown(e), visible=True)
     text = read_png_parameters(image)
     if not text:
         return "", gr.Markdown("This image carries no generation parameters.", visible=True)
@@ -58,7 +61,8 @@ def build_pnginfo_tab(max_pixels: int | None = None) -> PngInfoTab:
                     label="Parameters", lines=8, interactive=False, buttons=["copy"],
                     elem_id="atelier-pnginfo-text",
                 )  # fmt: skip
-                note = gr.Markdown(visible=False, elem_id="atelier-pnginfo-note")
+                note = gr.Markdown(visible=False, label="note",
+                                   elem_id="atelier-pnginfo-note")  # fmt: skip
                 send = gr.Button("Send to Generate", variant="primary",
                                  elem_id="atelier-send-generate")  # fmt: skip
 

@@ -70,9 +70,10 @@ def add_video_api(ctx: StudioContext) -> None:
             gr.Textbox("both", label="lora_experts: both, high or low (Wan 2.2 A14B: which "
                        "expert gets the LoRAs)"),
         ]  # fmt: skip
-        video = gr.File(label="video: the video file")
-        parameters = gr.File(label="parameters: the JSON parameters file")
-        seed_used = gr.Number(label="seed: the seed used", precision=0)
+        # Short labels: view_api prints an output's label as its name.
+        video = gr.File(label="video")
+        parameters = gr.File(label="parameters")
+        seed_used = gr.Number(label="seed", precision=0)
         trigger = gr.Button()
 
         def video_endpoint(
