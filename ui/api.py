@@ -27,25 +27,11 @@ from typing import Any
 
 import gradio as gr
 
-from ui.context import StudioContext
+from ui.components import WholeNumber
+from ui.context import PREPROCESS_GROUP, StudioContext
 from ui.control_panel import run_preprocessor
 from ui.form import api_images, request_from_widgets
-from ui.img2img_panel import NoStubFile
 from ui.runner import endpoint_stream, gpu, shown_as_gradio_errors
-
-
-class WholeNumber(gr.Number, metaclass=NoStubFile):
-    """A number the API documents as `int` (view_api's type) but passes on as sent.
-
-    gr.Number(precision=0) would say `int` too, but it rounds: 20.5 steps would
-    silently become 20. Here a non-whole value reaches the engine's validation and
-    comes back as an error naming the field. The browser shows it as a gr.Number."""
-
-    is_template = True
-
-    def api_info(self) -> dict[str, str]:  # type: ignore[override]
-        return {"type": "integer"}
-
 
 GENERATE_DESCRIPTION = (
     "Generate images: text to image, image to image (init_image), inpainting (init_image "
@@ -208,7 +194,7 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
         # CPU work outside the device group: previews do not wait behind generations.
         pre_trigger.click(preprocess, pre_inputs, control_map, api_name="preprocess",
                           api_description=PREPROCESS_DESCRIPTION, show_progress="hidden",
-                          concurrency_limit=2)  # fmt: skip
+                          **PREPROCESS_GROUP)  # fmt: skip
     return blocks
 
 

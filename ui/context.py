@@ -21,6 +21,9 @@ if TYPE_CHECKING:
 # Gradio's own queue, where they are neither refused nor counted.)
 GPU_GROUP = "atelier-gpu"
 THREADS = 40  # Gradio's own default worker threads, for everything else
+# CPU-heavy light events (preprocessor previews, /preprocess) share one small limit, so
+# that they cannot eat the server's memory, without waiting behind generations.
+PREPROCESS_GROUP = {"concurrency_id": "atelier-preprocess", "concurrency_limit": 2}
 HISTORY_LIMIT = 200  # images kept in a session's history gallery
 
 

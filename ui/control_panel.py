@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from ui.components import ImageUpload
+from ui.context import PREPROCESS_GROUP
 from ui.form import UNIT_FIELDS, open_image
-from ui.img2img_panel import ImageUpload
 
 if TYPE_CHECKING:
     from pipelines.manager import PipelineManager
@@ -171,7 +172,8 @@ def build_control_panel(manager: PipelineManager, family: str, context: list[Any
     for i, u in enumerate(units):
         u.preview.click(make_preview(u), {u.image, u.module, u.low_threshold, u.high_threshold,
                                           *context}, u.control_map,
-                        api_name=f"control_preview_{i}", api_visibility="undocumented")  # fmt: skip
+                        api_name=f"control_preview_{i}", api_visibility="undocumented",
+                        **PREPROCESS_GROUP)  # fmt: skip
         u.module.change(on_module, u.module, [u.module_note, u.low_threshold, u.high_threshold],
                         api_name=f"control_module_{i}", api_visibility="undocumented",
                         concurrency_limit=None)  # fmt: skip

@@ -35,7 +35,7 @@ def generate(
 
     numbers: list[int] = []
     try:
-        form = studio_form(values)
+        form = studio_form(values, ctx.manager.settings.max_image_pixels)
         numbers = form.unit_numbers
         job = ctx.manager.submit(job_of(ctx, values, form), caller)
         yield {"error": gr.Markdown(visible=False), "status": "Waiting for a device…"}
@@ -56,7 +56,7 @@ def job_of(ctx: StudioContext, values: Mapping[str, Any], form: Any = None) -> A
     """The ImageJob of the form's values (saved into the outputs folder as decoded)."""
     from pipelines.image_job import ImageJob
 
-    form = form or studio_form(values)
+    form = form or studio_form(values, ctx.manager.settings.max_image_pixels)
     return ImageJob(form.request, form.images.inputs(), save_to=ctx.store.outputs_dir)
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import gradio as gr
 
+from ui.components import ImageUpload
 from ui.form import error_markdown
-from ui.img2img_panel import ImageUpload
 
 
 @dataclass

@@ -112,7 +112,7 @@ def build_studio(
         manager.jobs.limits = replace(manager.jobs.limits, queue_size=queue_size)
     ctx = StudioContext.create(manager, outputs_dir, trusted_proxies)
     gen = build_generate_tab(ctx)
-    info = build_pnginfo_tab()
+    info = build_pnginfo_tab(manager.settings.max_image_pixels)
     api = build_api(ctx)
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"## {TITLE}", elem_id="atelier-title")

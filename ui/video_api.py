@@ -19,7 +19,8 @@ from typing import Any
 
 import gradio as gr
 
-from ui.api import WholeNumber, image_label
+from ui.api import image_label
+from ui.components import WholeNumber
 from ui.context import StudioContext
 from ui.form import open_image
 from ui.runner import endpoint_stream, gpu, shown_as_gradio_errors

@@ -16,8 +16,8 @@ from typing import Any
 import gradio as gr
 
 from ui import video_handlers as handlers
+from ui.components import ImageUpload
 from ui.context import StudioContext
-from ui.img2img_panel import ImageUpload
 from ui.runner import gpu, gpu_seconds, progress_text
 from ui.video_api import add_video_api
 from ui.video_form import DEFAULT_FORMAT, image_inputs, video_models, video_specs

@@ -1,0 +1,39 @@
+"""The upload size limit: --max-upload-mb becomes Gradio's max_file_size, and a bigger
+upload is refused before it is stored."""
+
+from __future__ import annotations
+
+import argparse
+
+import httpx
+
+from pipelines import EngineSettings, PipelineManager
+from pipelines.settings import add_arguments
+from tests.ui_support import free_port
+from ui.settings import SERVER_SETTINGS, launch_options, server_values
+from ui.studio import build_studio
+
+
+def test_max_upload_mb_is_gradios_max_file_size():
+    parser = argparse.ArgumentParser()
+    add_arguments(parser, SERVER_SETTINGS)
+    assert launch_options(server_values(parser.parse_args([]), {}))["max_file_size"] == "50mb"
+    values = server_values(parser.parse_args(["--max-upload-mb", "2"]), {})
+    assert launch_options(values)["max_file_size"] == "2mb"
+
+
+def test_an_upload_over_the_limit_is_refused_and_a_small_one_is_kept(cache_root):
+    manager = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root))
+    demo, assets = build_studio(manager, "off")
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
+                            server_port=free_port(), quiet=True, max_file_size="1mb",
+                            **assets)  # fmt: skip
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            big = http.post("gradio_api/upload", files={"files": ("a.png", b"x" * 1_100_000)})
+            small = http.post("gradio_api/upload", files={"files": ("b.png", b"x" * 1000)})
+        assert big.status_code == 413, big.text
+        assert small.status_code == 200 and len(small.json()) == 1
+    finally:
+        demo.close()
+        demo.atelier_context.store.close()
