@@ -43,6 +43,29 @@ BUILTIN_MODELS: dict[str, str] = {
     "tiny-wan22": "wan22",
     "tiny-wan-i2v": "wan21-i2v",
 }
+# Trained models shipped in the repository (assets/, made by pipelines/shapes/train.py):
+# loaded like any model folder, listed once their files are there.
+ASSETS = Path(__file__).resolve().parents[1] / "assets"
+SHIPPED_MODEL = "atelier-shapes"
+SHIPPED_CONTROLNET = "atelier-shapes-canny"
+SHIPPED_LORA = "atelier-shapes-outline"
+
+
+def shipped_model() -> Path | None:
+    folder = ASSETS / SHIPPED_MODEL
+    return folder if (folder / "model_index.json").is_file() else None
+
+
+def shipped_controlnet() -> Path | None:
+    folder = ASSETS / SHIPPED_CONTROLNET
+    return folder if (folder / "config.json").is_file() else None
+
+
+def shipped_lora() -> Path | None:
+    path = ASSETS / f"{SHIPPED_LORA}.safetensors"
+    return path if path.is_file() else None
+
+
 TINY_CONTROLNET = "tiny-sd-controlnet"
 TINY_LORA = "tiny-sd-lora"
 LORA_FILE = f"{TINY_LORA}.safetensors"

@@ -75,6 +75,8 @@ class ControlNetLibrary:
     def names(self, family: str | None = None) -> list[str]:
         """ControlNet names (of one family), without building or loading anything."""
         found = {builtin.TINY_CONTROLNET: "sd15"}
+        if builtin.shipped_controlnet() is not None:
+            found[builtin.SHIPPED_CONTROLNET] = "sd15"
         found.update((n, family_of(p)) for n, p in self._user_folders().items())
         return [n for n, f in found.items() if family is None or f == family]
 
@@ -83,6 +85,8 @@ class ControlNetLibrary:
         folders = self._user_folders()
         if name == builtin.TINY_CONTROLNET:
             folders[name] = builtin.ensure_controlnet(self.cache_root)  # built only when used
+        if name == builtin.SHIPPED_CONTROLNET and builtin.shipped_controlnet() is not None:
+            folders[name] = builtin.shipped_controlnet()
         if name in folders:
             return ControlNetEntry(name, folders[name], family_of(folders[name]))
         if "/" in name and self.hub_policy.mode != "off":

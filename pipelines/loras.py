@@ -204,6 +204,8 @@ class LoraLibrary:
     def rescan(self) -> None:
         """Pick up added, removed and replaced files. Only changed files are re-read."""
         files: list[tuple[str, Path]] = [(builtin.TINY_LORA, builtin.ensure_lora(self.cache_root))]
+        if (shipped := builtin.shipped_lora()) is not None:
+            files.append((builtin.SHIPPED_LORA, shipped))
         pickles: list[Path] = []
         if self.loras_dir and self.loras_dir.is_dir():
             for root, dirs, names in os.walk(self.loras_dir, followlinks=False):

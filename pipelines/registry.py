@@ -25,7 +25,7 @@ import os
 import re
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from . import builtin, hashes, hub, singlefile
@@ -71,9 +71,43 @@ def read_family(folder: Path) -> Family:
         )
     index = json.loads(index_file.read_text())
     try:
-        return family_from_model_index(index)
+        family = family_from_model_index(index)
     except ValueError as e:
         raise ModelUnavailableError(f"{folder}: {e}") from None
+    return with_model_defaults(family, folder)
+
+
+MODEL_DEFAULTS = {"default_size": int, "default_steps": int, "default_cfg": float,
+                  "default_scheduler": str}  # fmt: skip
+
+
+def with_model_defaults(family: Family, folder: Path) -> Family:
+    """The family's rules with the model's own defaults, when its folder says so in an
+    `atelier.json` ({"default_size": 64, "default_steps": 20, "default_cfg": 5.0}): a
+    64-pixel model opens at 64x64 with its own step count. Sizes stay within the
+    family's rules (a multiple of its size factor, inside its range)."""
+    path = folder / "atelier.json"
+    if not path.is_file():
+        return family
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ModelUnavailableError(f"{folder.name}: atelier.json is not valid JSON: {e}") from None
+    changes = {}
+    for key, kind in MODEL_DEFAULTS.items():
+        if key in data:
+            try:
+                if isinstance(data[key], bool) or not isinstance(data[key], (int, float, str)):
+                    raise ValueError
+                changes[key] = kind(data[key])
+            except ValueError:
+                rule = f"atelier.json {key} must be a {kind.__name__}, got {data[key]!r}"
+                raise ModelUnavailableError(f"{folder.name}: {rule}") from None
+    size = changes.get("default_size", family.default_size)
+    if size % family.size_multiple or not family.min_size <= size <= family.max_size:
+        raise ModelUnavailableError(f"{folder.name}: atelier.json default_size {size} breaks "
+                                    f"the {family.label} size rules")  # fmt: skip
+    return replace(family, **changes)
 
 
 def hf_offline() -> bool:
@@ -242,7 +276,8 @@ class ModelRegistry:
     def names(self) -> list[str]:
         with self._lock:
             added = list(self._added)
-        names = list(builtin.BUILTIN_MODELS) + list(self._folder_models())
+        shipped = [builtin.SHIPPED_MODEL] if builtin.shipped_model() is not None else []
+        names = shipped + list(builtin.BUILTIN_MODELS) + list(self._folder_models())
         names += list(self._file_models()) + added
         return list(dict.fromkeys(names))
 
@@ -263,6 +298,8 @@ class ModelRegistry:
         if name in builtin.BUILTIN_MODELS:
             path = builtin.ensure_model(name, self.cache_root)
             return ModelEntry(name, read_family(path), path, "builtin")
+        if name == builtin.SHIPPED_MODEL and (shipped := builtin.shipped_model()) is not None:
+            return ModelEntry(name, read_family(shipped), shipped, "builtin")
         folders = self._folder_models()
         if name in folders:
             return ModelEntry(name, read_family(folders[name]), folders[name], "folder")
