@@ -37,3 +37,28 @@ def test_an_upload_over_the_limit_is_refused_and_a_small_one_is_kept(cache_root)
     finally:
         demo.close()
         demo.atelier_context.store.close()
+
+
+def test_gradios_cache_of_this_app_is_emptied_at_shutdown(cache_root):
+    from pathlib import Path
+
+    from gradio_client import Client, handle_file
+
+    manager = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root))
+    demo, assets = build_studio(manager, "off")
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
+                            server_port=free_port(), quiet=True, **assets)  # fmt: skip
+    try:
+        from PIL import Image
+
+        from pipelines.outputs import save_png
+
+        png = save_png(Image.new("RGB", (8, 8)), Path(demo.atelier_context.store.scratch),
+                       "x\nSteps: 1, Seed: 1, Size: 8x8")  # fmt: skip
+        Client(url, verbose=False).predict(handle_file(str(png)), api_name="/png_info")
+        cached = [Path(f) for files in demo.temp_file_sets for f in files]
+        assert cached and all(f.exists() for f in cached)
+    finally:
+        demo.close()
+        demo.atelier_context.store.close()
+    assert not any(f.exists() for f in cached), "the app's cached files outlived it"

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pipelines.manager import PipelineManager
 
 TITLE = "Atelier"
+CACHE_CLEANING = (3600, 86400)  # (every s, files older than s) in Gradio's cache
 # Ctrl+Enter (Cmd+Enter on a Mac) in either prompt clicks Generate, as in A1111.
 SHORTCUTS_JS = """
 () => {
@@ -114,7 +115,9 @@ def build_studio(
     gen = build_generate_tab(ctx)
     info = build_pnginfo_tab(manager.settings.max_image_pixels)
     api = build_api(ctx)
-    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+    # Gradio's cache (uploads, served copies): files older than a day go every hour,
+    # and all of this app's at shutdown.
+    with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=CACHE_CLEANING) as demo:
         gr.Markdown(f"## {TITLE}", elem_id="atelier-title")
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
