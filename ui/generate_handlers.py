@@ -31,23 +31,41 @@ def generate(
     """Run the form's request as a job: a first update, one per job event, then the
     result (or the error, naming the field). `values`: the form's values by name
     (ui.form.studio_form's input); `progress` hears each progress event."""
+    numbers: list[int] = []
+
+    def submit() -> Any:
+        form = studio_form(values, ctx.manager.settings.max_image_pixels)
+        numbers.extend(form.unit_numbers)
+        return ctx.manager.submit(job_of(ctx, values, form), caller)
+
+    yield from job_updates(submit, lambda result: finished(ctx, result, old_history), progress,
+                           error_text=lambda e: error_markdown(e, numbers))  # fmt: skip
+
+
+def job_updates(
+    submit: Callable[[], Any],
+    finish: Callable[[Any], dict[str, Any]],
+    progress: Callable[[Any], None] | None = None,
+    shown: Callable[[Any], Any] = lambda image: image,
+    error_text: Callable[[Any], str] = error_markdown,
+) -> Iterator[dict[str, Any]]:
+    """A tab's updates for one job, of any kind: `submit()` it, then the waiting line,
+    one update per job event (`shown` turns previews into what the tab displays), and
+    `finish(result)`; a refused or failed job shows its error (naming the field)."""
     from pipelines.errors import AtelierError, RequestError
 
-    numbers: list[int] = []
     try:
-        form = studio_form(values, ctx.manager.settings.max_image_pixels)
-        numbers = form.unit_numbers
-        job = ctx.manager.submit(job_of(ctx, values, form), caller)
+        job = submit()
         yield {"error": gr.Markdown(visible=False), "status": "Waiting for a device…"}
         for event in stream_job(job):
             if event.kind == "result":
-                yield finished(ctx, event.result, old_history)
+                yield finish(event.result)
                 return
             if progress is not None and event.total:
                 progress(event)
-            yield running(event)
+            yield running(event, shown)
     except RequestError as e:
-        yield {"error": gr.Markdown(error_markdown(e, numbers), visible=True), "status": ""}
+        yield {"error": gr.Markdown(error_text(e), visible=True), "status": ""}
     except AtelierError as e:  # model not available, cancelled before start, ...
         yield {"error": gr.Markdown(f"**error**: {e}", visible=True), "status": ""}
 
@@ -93,8 +111,14 @@ def finished(ctx: StudioContext, result: Any, old_history: list) -> dict[str, An
         "preview": gr.Image(None, visible=False),
         "history": new_history,
         "history_items": new_history,
-        "status": f"Done: {len(paths)} image(s) on {result.slot}",
+        "status": done_text(len(paths), result.slot, getattr(result, "warnings", [])),
     }
+
+
+def done_text(count: int, slot: str, warnings: list[str]) -> str:
+    """The status line of a finished job, with the engine's warnings (ignored prompt syntax)."""
+    text = f"Done: {count} image(s) on {slot}"
+    return text + "".join(f" · ⚠ {w}" for w in warnings)
 
 
 def pick(items: list, index: int | None) -> tuple[str, str | None]:

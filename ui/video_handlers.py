@@ -12,9 +12,8 @@ import gradio as gr
 from PIL.Image import Resampling
 
 from ui.context import StudioContext
-from ui.form import error_markdown, family_updates, open_image
-from ui.generate_handlers import running
-from ui.runner import stream_job
+from ui.form import family_updates, open_image
+from ui.generate_handlers import job_updates
 from ui.video_form import (
     DEFAULT_FORMAT,
     for_family,
@@ -55,22 +54,11 @@ def generate(
     """Run the form's video request as a job; updates as ui.generate_handlers.generate.
     `values`: the Video form's values by name; `start`/`end`: the images (file paths,
     or images; None), opened after the family has dropped the ones it takes none of."""
-    from pipelines.errors import AtelierError, RequestError
 
-    try:
-        job = ctx.manager.submit(job_of(ctx, values, start, end), caller)
-        yield {"error": gr.Markdown(visible=False), "status": "Waiting for a device…"}
-        for event in stream_job(job):
-            if event.kind == "result":
-                yield finished(ctx, event.result, fmt)
-                return
-            if progress is not None and event.total:
-                progress(event)
-            yield running(event, enlarged)
-    except RequestError as e:
-        yield {"error": gr.Markdown(error_markdown(e), visible=True), "status": ""}
-    except AtelierError as e:  # model not available, cancelled before start, ...
-        yield {"error": gr.Markdown(f"**error**: {e}", visible=True), "status": ""}
+    def submit() -> Any:
+        return ctx.manager.submit(job_of(ctx, values, start, end), caller)
+
+    yield from job_updates(submit, lambda result: finished(ctx, result, fmt), progress, enlarged)
 
 
 def job_of(ctx: StudioContext, values: Mapping[str, Any], start: Any, end: Any) -> Any:
