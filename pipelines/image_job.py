@@ -37,6 +37,7 @@ from .loras import LoraEntry, check_family
 from .outputs import check_task_id, save_image
 from .parameters import infotext_for
 from .progress import step_callback
+from .prompt_encoding import Conditioning, condition
 from .registry import ModelEntry
 from .request import GenerationRequest, check_name, chosen_seed, resolve_defaults, validate
 from .schedulers import build_scheduler, get_spec
@@ -64,6 +65,7 @@ class GenerationResult:
     slot: str
     timings: dict[str, float]  # seconds: prepare, queue, load, run, total
     paths: list[Path] = field(default_factory=list)  # where the images were saved, if saved
+    warnings: list[str] = field(default_factory=list)  # e.g. prompt syntax a model ignores
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,7 @@ class _Made:
     seeds: list[int] = field(default_factory=list)
     infotexts: list[str] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def image_work(req: GenerationRequest) -> int:
@@ -151,7 +154,7 @@ class ImageRunner:
             self._images(slot, loaded, req, ready, ctx, made)
         timings["total"] = time.perf_counter() - ready.t0
         return GenerationResult(req, made.images, made.seeds, made.infotexts, slot.name,
-                                timings, made.paths)  # fmt: skip
+                                timings, made.paths, made.warnings)  # fmt: skip
 
     def _describe(self, req: GenerationRequest, ready: _Ready, model_hash: str) -> Any:
         """infotext(seed) for this job's images."""
@@ -179,6 +182,7 @@ class ImageRunner:
                                    settings.annotators_dir, u.low_threshold,
                                    u.high_threshold, req.seed)
                     for i, u in enumerate(req.controlnets)]  # fmt: skip
+            cond = self._condition(loaded, req, task, made)  # once, with the LoRAs active
             for call in range(req.batch_count):
                 if ctx.cancel.cancelled:
                     raise Cancelled("cancelled")
@@ -188,15 +192,19 @@ class ImageRunner:
                     pipe = fresh_pipeline(loaded.pipeline, scheduler)
                 else:
                     pipe = build_task(loaded.pipeline, family.name, task, scheduler, controlnets)
-                callback = step_callback(family.name, call, req.batch_count, req.height,
+                progress = step_callback(family.name, call, req.batch_count, req.height,
                                          req.width, ctx.on_progress, ctx.cancel,
                                          settings.preview_every)  # fmt: skip
+                callback, tensor_inputs = cond.callback(family.name, progress)
                 args = {**call_arguments(req, family.name, seeds),
                         **task_arguments(req, task, inputs, maps)}  # fmt: skip
+                del args["prompt"]
+                args.pop("negative_prompt", None)
+                args.update(cond.kwargs)
                 if "width" not in inspect.signature(pipe.__call__).parameters:
                     del args["width"], args["height"]  # img2img: the resized init image's size
                 out = pipe(**args, callback_on_step_end=callback,
-                           callback_on_step_end_tensor_inputs=["latents"])  # fmt: skip
+                           callback_on_step_end_tensor_inputs=tensor_inputs)  # fmt: skip
                 if box is not None:
                     out.images = [paste_back(im, whole, box, req.mask_blur) for im in out.images]
                 for image, seed in zip(out.images, seeds, strict=True):
@@ -207,6 +215,20 @@ class ImageRunner:
                         n = len(made.images) - 1
                         made.paths.append(save_image(image, job.save_to, made.infotexts[-1],
                                                      seed, n, job.task_id))  # fmt: skip
+
+    def _condition(
+        self, loaded: LoadedModel, req: GenerationRequest, task: str, made: _Made
+    ) -> Conditioning:
+        """The job's prompts encoded once (A1111's language; see prompt_encoding.py)."""
+        family = loaded.entry.family.name
+        cond = condition(loaded.pipeline, family, req.prompt, req.negative_prompt,
+                         req.num_inference_steps, req.guidance_scale or 0.0)  # fmt: skip
+        if family == "sdxl" and task == "inpaint+cn" and len(cond.schedule) > 1:
+            # its loop never reads add_text_embeds back from the step callback
+            made.warnings.append("SDXL ControlNet inpainting: prompt editing switches the "
+                                 "prompt but keeps the first step's pooled embedding")  # fmt: skip
+        made.warnings.extend(cond.warnings)
+        return cond
 
     @contextmanager
     def _controlnets(

@@ -32,13 +32,20 @@ request's LoRAs active: text-encoder LoRA layers apply as in diffusers.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from .errors import RequestError
-from .prompt_parser import BREAK, entry_at, has_editing, parse_attention, prompt_schedule
+from .prompt_parser import (
+    BREAK,
+    entry_at,
+    has_editing,
+    parse_attention,
+    prompt_schedule,
+    strip_attention,
+)
 
 CHUNK_LENGTH = 75  # prompt tokens per chunk; a chunk is 77 with BOS and EOS
 FRAME = CHUNK_LENGTH + 2
@@ -404,10 +411,10 @@ def encode_for_pipeline(
     Pass them instead of `prompt`/`negative_prompt`. A prompt with `[a:b:N]` or
     `[a|b]` needs the step count: use `encode_prompt_schedule`.
     """
-    for field, text in (("prompt", prompt), ("negative_prompt", negative_prompt or "")):
+    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt or "")):
         if has_editing(text):
             raise RequestError(
-                field, "uses prompt editing; encode it with encode_prompt_schedule(steps=...)"
+                name, "uses prompt editing; encode it with encode_prompt_schedule(steps=...)"
             )
     entries = encode_prompt_schedule(
         pipe, family, prompt, negative_prompt, 1, clip_skip, do_cfg,
@@ -466,3 +473,74 @@ def _loop_tensor(
     return torch.cat([p.expand(copies, *p.shape[1:]) for p in parts]).to(
         current.device, current.dtype
     )
+
+
+# ------------------------------------------------------------------ one job's conditioning
+
+
+@dataclass
+class Conditioning:
+    """A job's prompts, encoded once: the call's kwargs (instead of `prompt` and
+    `negative_prompt`), the prompt-editing schedule, and warnings for the result."""
+
+    kwargs: dict[str, Any]
+    schedule: list[tuple[int, dict[str, torch.Tensor]]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def callback(
+        self, family: str, then: Callable[..., dict[str, Any]]
+    ) -> tuple[Callable[..., dict[str, Any]], list[str]]:
+        """(callback_on_step_end, its tensor inputs): `then` alone without prompt editing."""
+        if len(self.schedule) <= 1:
+            return then, ["latents"]
+        return schedule_callback(self.schedule, then), ["latents", *schedule_tensor_inputs(family)]
+
+
+def condition(
+    pipe: Any,
+    family: str,
+    prompt: str,
+    negative_prompt: str | None,
+    steps: int,
+    guidance_scale: float,
+    *,
+    clip_skip: int = 1,
+    embeddings: Mapping[str, Vectors] | None = None,
+    sdxl_clip_l_skip: bool = False,
+) -> Conditioning:
+    """Encode a job's prompts once (call it with the job's LoRAs active).
+
+    SD/SDXL: A1111's encoding (emphasis, chunks, BREAK, editing, TI, clip skip).
+    Other families (Flux): the T5/CLIP prompt takes no A1111 weights, so the syntax
+    is removed and a warning says what was ignored; a plain prompt passes as is.
+    """
+    if family not in FAMILIES:
+        return _plain_text(family, prompt, steps)
+    unet = getattr(pipe, "unet", None)
+    cond_dim = None if unet is None else unet.config.get("time_cond_proj_dim")
+    do_cfg = guidance_scale > 1 and cond_dim is None  # diffusers' do_classifier_free_guidance
+    schedule = encode_prompt_schedule(
+        pipe, family, prompt, negative_prompt, steps, clip_skip, do_cfg,
+        embeddings=embeddings, sdxl_clip_l_skip=sdxl_clip_l_skip,
+    )  # fmt: skip
+    return Conditioning(dict(schedule[0][1]), schedule)
+
+
+def _plain_text(family: str, prompt: str, steps: int) -> Conditioning:
+    warnings = []
+    text = prompt
+    if has_editing(prompt):
+        text = prompt_schedule(prompt, steps)[0][1]
+        warnings.append(
+            f"{family}: prompt editing ([a:b:N], [a|b]) is not supported; "
+            "the prompt of the first step was used for the whole run"
+        )
+    weighted = any(w != 1.0 for _, w in parse_attention(text))  # BREAK is weight -1
+    if weighted:
+        warnings.append(
+            f"{family}: emphasis weights and BREAK are not applied to this model's text "
+            "encoders; the words were used without them"
+        )
+    if weighted or "\\" in text or text != prompt:
+        text = strip_attention(text)
+    return Conditioning({"prompt": text}, [], warnings)
