@@ -182,3 +182,10 @@ def test_encoding_overhead_is_small(cache_root):
     assert parse < 50, parse  # loose: a shared 2-core machine; typically under 1 ms
     assert schedule_callback(encode_prompt_schedule(pipe, "sd15", "[a:b:1]", None, 2))
     assert condition(pipe, "sd15", prompt, None, 20, 5.0).kwargs["prompt_embeds"].shape[1] % 77 == 0
+
+
+def test_status_line_shows_warnings():
+    from ui.generate_handlers import done_text
+
+    assert done_text(1, "cpu", []) == "Done: 1 image(s) on cpu"
+    assert "emphasis ignored" in done_text(1, "cpu", ["emphasis ignored"])
