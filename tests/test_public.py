@@ -94,21 +94,11 @@ def test_the_caller_is_the_client_address_believing_only_trusted_proxies(
 
 @pytest.fixture(scope="module")
 def server(cache_root: Path) -> Iterator[Any]:
-    from pipelines import PipelineManager
-    from tests.ui_support import free_port
-    from ui.studio import build_studio
+    from tests.ui_support import launched_studio
 
-    manager = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root,
-                                             max_jobs_per_user=2))  # fmt: skip
-    demo, assets = build_studio(manager, "off", trusted_proxies=frozenset({"127.0.0.1"}))
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
-                            server_port=free_port(), quiet=True, **assets)  # fmt: skip
-    demo.test_url = url
-    try:
+    with launched_studio(cache_root, "off", engine={"max_jobs_per_user": 2},
+                         trusted_proxies=frozenset({"127.0.0.1"})) as demo:  # fmt: skip
         yield demo
-    finally:
-        demo.close()
-        demo.atelier_context.store.close()
 
 
 def test_a_third_job_from_one_address_is_refused_while_another_address_is_admitted(server):

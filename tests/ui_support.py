@@ -33,18 +33,23 @@ def launched_studio(
     cache_root: Path,
     outputs: Path | str,
     devices: tuple[str, ...] = ("cpu",),
+    engine: dict[str, Any] | None = None,
+    launch: dict[str, Any] | None = None,
     **build_options: Any,
 ) -> Iterator[Any]:
     """The studio on a free local port, closed on exit. The Blocks it yields carries
-    `test_url` and `test_outputs` (the outputs folder, or "off")."""
+    `test_url` and `test_outputs` (the outputs folder, or "off"). `engine`: more
+    EngineSettings; `launch`: more launch() arguments; the rest go to build_studio."""
     from pipelines import EngineSettings, PipelineManager
     from ui.studio import build_studio
 
     manager = PipelineManager(EngineSettings(devices=devices, cache_root=cache_root,
-                                             loras_dir=None, models_dir=None))  # fmt: skip
+                                             loras_dir=None, models_dir=None,
+                                             **(engine or {})))  # fmt: skip
     demo, assets = build_studio(manager, outputs, **build_options)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
-                            server_port=free_port(), quiet=True, **assets)  # fmt: skip
+                            server_port=free_port(), quiet=True,
+                            **{**assets, **(launch or {})})  # fmt: skip
     demo.test_outputs = outputs
     demo.test_url = url
     try:
