@@ -38,6 +38,7 @@ from .errors import RequestError
 __all__ = [
     "STEM_RULE",
     "check_stem",
+    "read_image_texts",
     "read_png_parameters",
     "save_image",
     "save_png",
@@ -54,6 +55,8 @@ _MAX_TRIES = 100_000  # names tried before giving up; only a broken folder gets 
 _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
+# EXIF tags other than UserComment that name the studio or its metadata scheme.
+_EXIF_NAMES = {0x0131: "Software", 0x927C: "MakerNote", 0x010E: "ImageDescription"}
 
 _locks_guard = threading.Lock()
 _folder_locks: dict[str, threading.Lock] = {}
@@ -174,11 +177,19 @@ def save_png(
     return final
 
 
+_CHARSET_PREFIXES = (b"ASCII\0\0\0", b"UNICODE\0", b"JIS\0\0\0\0\0", b"\0" * 8)
+
+
 def _decode_user_comment(raw: bytes | str) -> str | None:
-    """Text of an EXIF UserComment (8-byte charset prefix, then the text)."""
+    """Text of an EXIF UserComment (8-byte charset prefix, then the text).
+
+    Some studios (Fooocus) store the text with no charset prefix at all: then the
+    whole value is the text (cutting 8 bytes off it would lose the start)."""
     if isinstance(raw, str):
         return raw.strip("\0") or None
     prefix, body = raw[:8], raw[8:]
+    if prefix not in _CHARSET_PREFIXES:
+        return raw.decode("utf-8", errors="ignore").strip("\0") or None
     if prefix == b"UNICODE\0":
         # piexif (A1111) writes UTF-16 big-endian; some tools write little-endian.
         # The infotext is mostly ASCII, so the zero bytes show the byte order.
@@ -193,6 +204,22 @@ def _decode_user_comment(raw: bytes | str) -> str | None:
     return text.strip("\0") or None
 
 
+def _exif_text(im: Image.Image, tag: int) -> str | None:
+    """An EXIF text tag from the Exif IFD (where A1111 writes it) or from IFD0 (where
+    Fooocus does)."""
+    if "exif" not in im.info:
+        return None
+    exif = im.getexif()
+    value = exif.get_ifd(_EXIF_IFD).get(tag) or exif.get(tag)
+    if not value:
+        return None
+    if tag == _USER_COMMENT:
+        return _decode_user_comment(value)
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", errors="ignore")
+    return str(value).strip("\0") or None
+
+
 def _parameters_of(im: Image.Image) -> str | None:
     value = im.info.get(PARAMETERS_KEY)
     if value is None:
@@ -201,12 +228,9 @@ def _parameters_of(im: Image.Image) -> str | None:
     if value is not None:
         return str(value)
     # JPEG/WebP as A1111 saves them: EXIF UserComment.
-    if "exif" in im.info:
-        comment = im.getexif().get_ifd(_EXIF_IFD).get(_USER_COMMENT)
-        if comment:
-            text = _decode_user_comment(comment)
-            if text:
-                return text
+    text = _exif_text(im, _USER_COMMENT)
+    if text:
+        return text
     comment = im.info.get("comment")  # GIF / JPEG COM segment
     if isinstance(comment, bytes):
         return comment.decode("utf-8", errors="replace") or None
@@ -223,6 +247,32 @@ def read_png_parameters(source: str | os.PathLike[str] | Image.Image) -> str | N
         return _parameters_of(source)
     with Image.open(source) as im:
         return _parameters_of(im)
+
+
+def _texts_of(im: Image.Image) -> dict[str, str]:
+    texts: dict[str, str] = {}
+    chunks = getattr(im, "text", None) or {}
+    for key, value in {**im.info, **chunks}.items():
+        if isinstance(key, str) and isinstance(value, str):
+            texts[key] = value
+    if PARAMETERS_KEY not in texts and (comment := _exif_text(im, _USER_COMMENT)):
+        texts[PARAMETERS_KEY] = comment
+    for tag, name in _EXIF_NAMES.items():
+        if name not in texts and (value := _exif_text(im, tag)):
+            texts[name] = value
+    return texts
+
+
+def read_image_texts(source: str | os.PathLike[str] | Image.Image) -> dict[str, str]:
+    """Every text an image carries that a studio may have put its parameters in:
+    PNG text chunks by keyword (`parameters`, `prompt`, `workflow`, `Comment`, ...),
+    and for JPEG/WebP the EXIF UserComment as `parameters`, Software as `Software`
+    and MakerNote as `MakerNote` (Fooocus names its scheme there).
+    pipelines.pnginfo tells the formats apart."""
+    if isinstance(source, Image.Image):
+        return _texts_of(source)
+    with Image.open(source) as im:
+        return _texts_of(im)
 
 
 def check_task_id(task_id: str | None) -> None:

@@ -19,7 +19,7 @@ from ui.context import StudioContext
 from ui.form import widget_specs, widgets_from_request
 from ui.generate_tab import GenerateTab, build_generate_tab
 from ui.lora_panel import fill
-from ui.pnginfo_tab import PngInfoTab, build_pnginfo_tab
+from ui.pnginfo_tab import PngInfoTab, build_pnginfo_tab, describe, wire_details
 from ui.video_tab import render_video
 
 if TYPE_CHECKING:
@@ -51,44 +51,72 @@ def launch_assets() -> dict[str, Any]:
 def send_to_generate(
     ctx: StudioContext, gen: GenerateTab, infotext: str, current_model: str
 ) -> list[Any]:
-    """Updates for every Generate control from an infotext (see `wire`'s outputs order)."""
+    """Updates for every Generate control from an infotext (see `wire`'s outputs order).
+
+    Applies what the text says and keeps the rest of the form: a setting the text lacks
+    keeps its current value, and a text with no settings line (no parameters, or a
+    comment) changes nothing and says so. What is not applied as written (a missing
+    model, LoRA, sampler...) is listed by pipelines.pnginfo.unapplied, shown in the PNG
+    Info tab: here a missing model keeps `current_model` (or one with the image's hash
+    is used), a missing LoRA is left out of the rows, a missing sampler becomes the
+    family's default."""
     from pipelines.errors import RequestError
     from pipelines.parameters import request_from_infotext
+    from pipelines.pnginfo import from_infotext, model_to_use
     from pipelines.schedulers import available_schedulers
 
     if not infotext or not infotext.strip():
         raise gr.Error("No parameters to send: drop an image that has some.")
+    found = from_infotext(infotext)
+    if not found.params:
+        raise gr.Error("These are no generation parameters (no 'Steps: ..., Seed: ...' line):"
+                       " nothing was sent, the form is unchanged.")  # fmt: skip
     try:
-        values = widgets_from_request(request_from_infotext(infotext))
+        values = widgets_from_request(request_from_infotext(found.infotext))
     except RequestError as e:
         raise gr.Error(f"These parameters cannot be read: {e}") from None
     models = ctx.manager.models("image")
-    model = values["model"] if values["model"] in models else current_model
+    model = model_to_use(found, ctx.manager, current_model)[0] or current_model
     family = ctx.manager.registry.family_of(model)
     schedulers = available_schedulers(family)
     specs = widget_specs(family)
+    installed = set(ctx.manager.loras.names())
+    loras = {name: weight for name, weight in values["loras"].items() if name in installed}
     w = gen.widgets
+    if values["scheduler"] is None:  # keep the form's, offering the family's choices
+        scheduler = gr.Dropdown(choices=schedulers)
+    else:
+        chosen = values["scheduler"]
+        scheduler = gr.Dropdown(choices=schedulers, value=chosen if chosen in schedulers
+                                else family.default_scheduler)  # fmt: skip
     out: dict[Any, Any] = {
         w["prompt"]: values["prompt"],
         w["negative_prompt"]: values["negative_prompt"],
         w["model"]: gr.Dropdown(choices=list(models), value=model),
-        w["scheduler"]: gr.Dropdown(
-            choices=schedulers,
-            value=values["scheduler"]
-            if values["scheduler"] in schedulers
-            else family.default_scheduler,
-        ),  # fmt: skip
-        w["seed"]: values["seed"],
+        w["scheduler"]: scheduler,
+        w["seed"]: values["seed"] if "Seed" in found.params else gr.skip(),
         w["batch_size"]: 1,
         w["batch_count"]: 1,
     }
     for name in ("steps", "cfg", "width", "height"):
-        value = values[name] if values[name] is not None else specs[name]["value"]
-        out[w[name]] = gr.Slider(**{**specs[name], "value": value})
+        spec = dict(specs[name])
+        if values[name] is None:
+            spec.pop("value")  # not in the text: the range follows the model, the value stays
+        else:
+            spec["value"] = values[name]
+        out[w[name]] = gr.Slider(**spec)
     return [*(out[c] for c in send_outputs(gen)[:len(out)]),
-            *fill(values["loras"], lora_choices(ctx.manager, None)),
+            *fill(loras, lora_choices(ctx.manager, None)),
             *gen.restore(ctx.manager, values, family.name),
             gr.Tabs(selected="generate")]  # fmt: skip
+
+
+def describe_text(ctx: StudioContext, infotext: str, model: str | None) -> tuple[Any, ...]:
+    """PNG Info's parsed fields and unapplied list for the text it shows."""
+    from pipelines.pnginfo import from_infotext
+
+    found = from_infotext(infotext) if infotext and infotext.strip() else None
+    return describe(found, ctx.manager, model)
 
 
 def send_outputs(gen: GenerateTab) -> list[Any]:
@@ -134,11 +162,19 @@ def build_studio(
 
 def wire(ctx: StudioContext, gen: GenerateTab, info: PngInfoTab, tabs: gr.Tabs) -> None:
     """Events between the tabs (they are defined here, where both tabs exist)."""
+    model = gen.widgets["model"]
+    max_pixels = ctx.manager.settings.max_image_pixels
+    # What PNG Info's image would not apply, against the form's model (/png_info_parsed).
+    wire_details(info, ctx.manager, model, max_pixels)
     info.send.click(
         lambda text, model: send_to_generate(ctx, gen, text, model),
-        [info.parameters, gen.widgets["model"]],
+        [info.parameters, model],
         [*send_outputs(gen), *gen.loras.outputs(), *gen.restore_outputs(), tabs],
         api_name="send_to_generate", api_visibility="undocumented", concurrency_limit=None,
+    ).success(  # the list again, against the model the form now has
+        lambda text, model: describe_text(ctx, text, model), [info.parameters, model],
+        [info.parsed, info.unapplied, info.unapplied_note], api_visibility="private",
+        queue=False,
     )  # fmt: skip
     gen.send_to_pnginfo.click(
         lambda path: (path, gr.Tabs(selected="pnginfo")), gen.selected, [info.image, tabs],
