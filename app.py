@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--batch-count", type=int, default=1, help="number of calls")
     gen.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
                      help="apply a LoRA (repeatable)")  # fmt: skip
+    # -- prompt encoding and VAE (issue 11) --
+    gen.add_argument("--clip-skip", type=int, default=1, metavar="N",
+                     help="A1111 clip skip: 1 = last text-encoder layer, 2 = penultimate")
+    # -- end prompt encoding and VAE --
     add_image_arguments(gen)
     gen.add_argument("--out", type=Path, help="folder for the PNGs (default: outputs dir)")
     gen.add_argument("--task-id", help="name the files <task-id>-<n>.png and echo it in --json")
@@ -282,6 +286,7 @@ def _request_from_args(args: argparse.Namespace, manager: PipelineManager) -> An
         batch_size=args.batch_size,
         batch_count=args.batch_count,
         loras=_lora_pairs(args.lora),
+        clip_skip=args.clip_skip,
         controlnets=units,
         **image_options,
     )

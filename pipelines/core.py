@@ -40,6 +40,9 @@ class EngineSettings:
     max_jobs_per_user: int = 0  # waiting + running jobs of one caller (0 = unlimited)
     max_work: int = 0  # work of one request, width x height x steps x images (0 = unlimited)
     max_image_pixels: int = 40_000_000  # any input image, checked from its header
+    sdxl_clip_l_skip: bool = False  # A1111's option: clip skip on SDXL, CLIP-L only
+    embeddings_dir: Path | None = None  # textual-inversion .safetensors (embeddings.py)
+    vae_dir: Path | None = None  # single-file VAEs and diffusers VAE folders (vaes.py)
     load: LoadOptions = field(default_factory=LoadOptions)
 
 

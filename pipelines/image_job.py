@@ -221,8 +221,17 @@ class ImageRunner:
     ) -> Conditioning:
         """The job's prompts encoded once (A1111's language; see prompt_encoding.py)."""
         family = loaded.entry.family.name
+        settings = self.core.settings
+        ignored = family == "sdxl" and not settings.sdxl_clip_l_skip  # A1111's default
         cond = condition(loaded.pipeline, family, req.prompt, req.negative_prompt,
-                         req.num_inference_steps, req.guidance_scale or 0.0)  # fmt: skip
+                         req.num_inference_steps, req.guidance_scale or 0.0,
+                         clip_skip=1 if ignored else req.clip_skip,
+                         sdxl_clip_l_skip=settings.sdxl_clip_l_skip)  # fmt: skip
+        if req.clip_skip != 1 and family == "flux":
+            made.warnings.append("flux: clip skip is not applied to Flux's text encoders")
+        elif req.clip_skip != 1 and ignored:
+            made.warnings.append("sdxl: clip skip is ignored on SDXL (as in A1111) unless the "
+                                 "sdxl_clip_l_skip setting is on")  # fmt: skip
         if family == "sdxl" and task == "inpaint+cn" and len(cond.schedule) > 1:
             # its loop never reads add_text_embeds back from the step callback
             made.warnings.append("SDXL ControlNet inpainting: prompt editing switches the "

@@ -43,6 +43,7 @@ def infotext_for(
         "Size": f"{req.width}x{req.height}",
         "Model hash": model_hash,
         "Model": req.model,
+        "Clip skip": req.clip_skip if req.clip_skip > 1 else None,  # A1111 writes it from 2
         "Denoising strength": _num(req.strength)
         if task.startswith(("img2img", "inpaint"))
         else None,
@@ -135,6 +136,7 @@ def request_from_infotext(text: str) -> GenerationRequest:
         height=height,
         seed=get_int("Seed") if "Seed" in params else -1,
         loras=loras,
+        clip_skip=get_int("Clip skip") or 1,
         **_image_fields(params),
     )
     return req

@@ -33,6 +33,7 @@ MAX_SEED = 2**32 - 1
 LORA_WEIGHT_RANGE = (-2.0, 2.0)
 MAX_LORAS = 16
 MAX_CONTROLNETS = 8
+MAX_CLIP_SKIP = 12  # A1111's slider; the model's own layer count is checked when encoding
 # Names of models and LoRAs: letters, digits, and . _ - (and one "/" for Hub ids).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?$")
 LORA_TAG_RE = re.compile(r"<lora:([^<>]*)>")
@@ -111,6 +112,9 @@ class GenerationRequest:
     inpaint_area: str = "whole"  # "whole" picture, or "masked": only a crop around the mask
     inpaint_padding: int = 32  # pixels around the mask's box when inpaint_area is "masked"
     controlnets: tuple[ControlUnit, ...] = field(default_factory=tuple)
+    # A1111's clip skip: 1 = the text encoder's last layer, 2 = the penultimate, ...
+    # (diffusers' own `clip_skip` is this minus one). SDXL: see the sdxl_clip_l_skip setting.
+    clip_skip: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loras", lora_pairs(self.loras))
@@ -307,6 +311,7 @@ def validate(req: GenerationRequest, family: Family) -> None:
     if req.inpaint_area not in ("whole", "masked"):
         raise RequestError("inpaint_area", f"must be 'whole' or 'masked', got {req.inpaint_area!r}")
     check_int("inpaint_padding", req.inpaint_padding, 0, 256)
+    check_int("clip_skip", req.clip_skip, 1, MAX_CLIP_SKIP)
     if len(req.controlnets) > MAX_CONTROLNETS:
         rule = f"at most {MAX_CONTROLNETS} units, got {len(req.controlnets)}"
         raise RequestError("controlnets", rule)

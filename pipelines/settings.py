@@ -103,6 +103,13 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
             "50 steps x 121 frames)", auto_or_int),
     Setting("max_image_pixels", 40_000_000, "largest image (width x height) any entry point "
             "accepts, checked from the file's header before it is decoded", int),
+    Setting("sdxl_clip_l_skip", False, "apply clip skip on SDXL to CLIP-L only, as A1111's "
+            "option of that name (off: SDXL ignores clip skip, as A1111 by default)",
+            parse_bool),
+    Setting("embeddings_dir", "embeddings", "folder of textual-inversion embeddings "
+            "(A1111 .safetensors; the file name is the prompt word)"),
+    Setting("vae_dir", "vae", "folder of VAEs: single .safetensors files and diffusers VAE "
+            "folders, chosen per request"),
 )  # fmt: skip
 
 
@@ -164,6 +171,9 @@ def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
         max_jobs_per_user=values.get("max_jobs_per_user", 0),
         max_work=auto_work(values["max_work"], values.get("public", False)),
         max_image_pixels=values["max_image_pixels"],
+        sdxl_clip_l_skip=values["sdxl_clip_l_skip"],
+        embeddings_dir=path("embeddings_dir"),
+        vae_dir=path("vae_dir"),
         load=LoadOptions(
             dtype=values["dtype"],
             attention=values["attention"],

@@ -99,6 +99,8 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
             "inpaint_padding": WholeNumber(None, label="inpaint_padding: pixels around the "
                                            "mask with inpaint_area 'masked'; blank = "
                                            f"{request_default('inpaint_padding')}"),
+            "clip_skip": WholeNumber(None, label="clip_skip: text encoder layer from the end, "
+                                     "1 = last (A1111's meaning); blank = 1"),
         }  # fmt: skip
         # Short labels: view_api prints an output's label as its name.
         images = gr.File(file_count="multiple", label="images")
@@ -127,6 +129,7 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
             control_images: list[str] | None = None,
             inpaint_area: str | None = None,
             inpaint_padding: float | None = None,
+            clip_skip: float | None = None,
             request: gr.Request = None,  # type: ignore[assignment]
             progress: gr.Progress = gr.Progress(),  # noqa: B008
         ) -> Iterator[tuple[Any, Any, Any]]:
@@ -136,7 +139,8 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
                       "batch_count": batch_count, "loras": loras, "strength": strength,
                       "mask_blur": mask_blur, "controlnets": controlnets,
                       "inpaint_area": inpaint_area,
-                      "inpaint_padding": inpaint_padding}  # fmt: skip
+                      "inpaint_padding": inpaint_padding,
+                      "clip_skip": clip_skip}  # fmt: skip
             from pipelines.image_job import ImageJob
 
             def publish(result: Any) -> tuple[Any, Any, Any]:

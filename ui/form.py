@@ -50,6 +50,7 @@ FIELDS = {
     "inpaint_area": "inpaint_area",
     "inpaint_padding": "inpaint_padding",
     "controlnets": "controlnets",
+    "clip_skip": "clip_skip",
 }
 # The Image to image / Inpaint area's modes (a radio: an image lying in the editor
 # must not silently turn text-to-image into image-to-image).
@@ -133,6 +134,8 @@ def request_from_widgets(values: Mapping[str, Any]) -> GenerationRequest:
         kwargs["inpaint_area"] = values["inpaint_area"]
     if not blank(values.get("inpaint_padding")):
         kwargs["inpaint_padding"] = whole(values["inpaint_padding"])
+    if not blank(values.get("clip_skip")):
+        kwargs["clip_skip"] = whole(values["clip_skip"])
     kwargs["controlnets"] = parse_controlnets(values.get("controlnets"))
     return GenerationRequest(**kwargs)
 
@@ -327,6 +330,7 @@ def widgets_from_request(req: GenerationRequest) -> dict[str, Any]:
         "inpaint_area": req.inpaint_area,
         "inpaint_padding": req.inpaint_padding,
         "controlnets": [asdict(u) for u in req.controlnets],  # each one an enabled UI unit
+        "clip_skip": req.clip_skip,
     }
 
 

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import gradio as gr
 
+from pipelines.request import MAX_CLIP_SKIP
 from ui import generate_handlers as handlers
 from ui.context import StudioContext
 from ui.control_panel import ControlPanel, build_control_panel
@@ -42,13 +43,15 @@ class GenerateTab:
 
     def restore_outputs(self) -> list[Any]:
         """Components "Send to Generate" sets besides `widgets` and the LoRA rows."""
-        return [*self.img2img.restore_outputs(), *self.control.restore_outputs()]
+        return [*self.img2img.restore_outputs(), *self.control.restore_outputs(),
+                self.widgets["clip_skip"]]  # fmt: skip
 
     def restore(self, manager: PipelineManager, values: dict[str, Any], family: str) -> list[Any]:
         """Updates for `restore_outputs` from ui.form.widgets_from_request's values."""
         choices = manager.controlnets.names(family)
         return [*self.img2img.restore(values), *self.control.restore(values["controlnets"],
-                                                                     choices)]  # fmt: skip
+                                                                     choices),
+                values["clip_skip"]]  # fmt: skip
 
 
 def build_generate_tab(ctx: StudioContext) -> GenerateTab:
@@ -91,6 +94,9 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                                            elem_id="atelier-batch-size")  # fmt: skip
                     batch_count = gr.Slider(**specs["batch_count"], label="Batch count",
                                             elem_id="atelier-batch-count")  # fmt: skip
+                    clip_skip = gr.Slider(1, MAX_CLIP_SKIP, value=1, step=1, label="Clip skip",
+                                          info="1 = last layer (SDXL: see sdxl_clip_l_skip)",
+                                          elem_id="atelier-clip-skip")  # fmt: skip
                 with gr.Accordion("LoRA", open=True):
                     loras = build_lora_panel(ctx.manager, family.name, prompt)
                 selected = gr.State(None)
@@ -128,7 +134,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
         widgets = {"prompt": prompt, "negative_prompt": negative, "model": model,
                    "scheduler": scheduler, "steps": steps, "cfg": cfg, "width": width,
                    "height": height, "seed": seed, "batch_size": batch_size,
-                   "batch_count": batch_count}  # fmt: skip
+                   "batch_count": batch_count, "clip_skip": clip_skip}  # fmt: skip
         by_component = {c: name for name, c in widgets.items()}
         by_component.update({c: name for name, c in img2img.by_field().items()})
         lora_inputs = set(loras.names) | set(loras.weights)
