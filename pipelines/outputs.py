@@ -56,7 +56,7 @@ _PNG_MODES = {"1", "L", "LA", "I", "I;16", "P", "RGB", "RGBA"}
 _EXIF_IFD = 0x8769
 _USER_COMMENT = 0x9286
 # EXIF tags other than UserComment that name the studio or its metadata scheme.
-_EXIF_NAMES = {0x0131: "Software", 0x927C: "MakerNote", 0x010E: "ImageDescription"}
+_EXIF_NAMES = {0x0131: "Software", 0x927C: "MakerNote"}
 
 _locks_guard = threading.Lock()
 _folder_locks: dict[str, threading.Lock] = {}

@@ -123,11 +123,13 @@ def parameters_from_texts(texts: dict[str, str]) -> ImageParameters | None:
     """The parameters in an image's texts (pipelines.outputs.read_image_texts), or None.
     A format that is recognised but unreadable is logged and skipped, never raised:
     one broken chunk must not hide another studio's readable one."""
+    from sd_parsers.exceptions import ParserError
+
     readers = (_comfyui, _invokeai, _novelai, _parameters_chunk)
     for reader in readers:
         try:
             found = reader(texts)
-        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
+        except (ParserError, ValueError, TypeError, KeyError, AttributeError, IndexError) as e:
             log.info("image metadata not readable by %s: %s", reader.__name__, e)
             continue
         if found is not None:
@@ -533,7 +535,11 @@ def unapplied(
     controlnets = set(manager.controlnets.names())
     for key, value in found.params.items():
         if re.fullmatch(r"ControlNet \d+", key):
-            unit = parse_controlnet_value(value)
+            try:
+                unit = parse_controlnet_value(value)
+            except RequestError as e:
+                out.append((key, e.rule))
+                continue
             if unit.model not in controlnets:
                 out.append((key, f"model '{unit.model}' is not installed"))
             out.append((key, "its control image is not stored in the parameters: add one"))

@@ -222,3 +222,19 @@ def test_png_info_and_png_info_parsed_over_http(server, tmp_path) -> None:
     plain = tmp_path / "plain.png"
     Image.new("RGB", (8, 8)).save(plain)
     assert run(server.test_url, "png_info_parsed", [plain, "tiny-sd"])[:2] == [{}, []]
+
+
+@pytest.mark.parametrize("key", ["prompt", "invokeai_metadata", "sd-metadata", "Dream", "Comment",
+                                 "parameters"])  # fmt: skip
+def test_broken_metadata_is_no_parameters_not_a_crash(key: str) -> None:
+    from pipelines.pnginfo import parameters_from_texts
+
+    for junk in ("{not json", "[1, 2]", '{"a": 1}', "null", '{"3": {"inputs": 5}}'):
+        texts = {key: junk, "Description": "x", "Software": "NovelAI"}
+        assert parameters_from_texts(texts) is None, (key, junk)
+
+
+def test_an_unreadable_text_is_one_item_not_a_crash(manager: Any) -> None:
+    text = 'a cat\nSteps: 2, Sampler: Euler, Seed: 1, Model: tiny-sd, ControlNet 0: "Weight: x"'
+    why = "cannot be read: unreadable unit 'Weight: x'"
+    assert unapplied(text, manager) == [("ControlNet", why)]
