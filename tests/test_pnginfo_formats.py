@@ -238,3 +238,31 @@ def test_an_unreadable_text_is_one_item_not_a_crash(manager: Any) -> None:
     text = 'a cat\nSteps: 2, Sampler: Euler, Seed: 1, Model: tiny-sd, ControlNet 0: "Weight: x"'
     why = "cannot be read: unreadable unit 'Weight: x'"
     assert unapplied(text, manager) == [("ControlNet", why)]
+
+
+def test_the_tab_lists_what_it_will_not_apply_and_keeps_the_form(server, tmp_path) -> None:
+    from tests.ui_support import browser_page, require_browser
+
+    expect = require_browser().expect
+    plain = tmp_path / "plain.png"
+    Image.new("RGB", (8, 8)).save(plain)
+    prompt = "#atelier-prompt textarea"
+    with browser_page(server.test_url) as page:
+        page.locator(prompt).fill("keep me")
+        page.get_by_role("tab", name="PNG Info").click()
+        upload = page.locator("#atelier-pnginfo-image input[type=file]")
+        upload.set_input_files(str(plain))
+        expect(page.locator("#atelier-pnginfo-note")).to_contain_text("no generation parameters")
+        page.locator("#atelier-send-generate").click()
+        page.get_by_role("tab", name="Generate").click()
+        expect(page.locator(prompt)).to_have_value("keep me")
+        page.reload()  # an empty image box again
+        page.get_by_role("tab", name="PNG Info").click()
+        upload.set_input_files(str(fx.comfyui_png(tmp_path)))
+        expect(page.locator("#atelier-pnginfo-note")).to_contain_text("ComfyUI")
+        listed = page.locator("#atelier-pnginfo-unapplied")
+        expect(listed).to_contain_text("LoRA detail: 'detail' is not installed: left out")
+        expect(listed).to_contain_text("'dreamshaper_8' is not installed: 'tiny-sd' is kept")
+        page.locator("#atelier-send-generate").click()
+        expect(page.locator(prompt)).to_have_value("a lighthouse at dusk")
+        expect(page.locator("#atelier-seed input")).to_have_value("1234")
