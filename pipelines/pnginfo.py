@@ -106,9 +106,17 @@ class ImageParameters:
 
 
 def _number(value: Any, kind: type) -> Any:
+    """`value` as an int or float, or None. Whole numbers are read as such first: a
+    float would round a 64-bit seed ("9007199254740993")."""
+    if kind is int and isinstance(value, str | int) and not isinstance(value, bool):
+        try:
+            return int(value)
+        except ValueError:
+            pass
     try:
-        return kind(float(value)) if kind is int else kind(value)
-    except (TypeError, ValueError):
+        number = float(value)
+        return int(number) if kind is int else number
+    except (TypeError, ValueError, OverflowError):
         return None
 
 

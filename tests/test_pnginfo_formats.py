@@ -266,3 +266,11 @@ def test_the_tab_lists_what_it_will_not_apply_and_keeps_the_form(server, tmp_pat
         page.locator("#atelier-send-generate").click()
         expect(page.locator(prompt)).to_have_value("a lighthouse at dusk")
         expect(page.locator("#atelier-seed input")).to_have_value("1234")
+
+
+def test_big_seeds_and_odd_numbers_are_read_exactly(tmp_path: Path) -> None:
+    from pipelines.pnginfo import parameters_from_texts
+
+    raw = {**fx.FOOOCUS, "seed": "9007199254740993", "steps": "1e999"}
+    found = parameters_from_texts({"parameters": json.dumps(raw)})
+    assert found.fields()["seed"] == 9007199254740993 and found.fields()["steps"] is None
