@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .controlnets import ControlNetLibrary
+from .embeddings import EmbeddingLibrary
 from .loading import LoadOptions
 from .loras import LoraLibrary
 from .registry import ModelRegistry
@@ -53,3 +54,4 @@ class EngineCore:
     loras: LoraLibrary
     controlnets: ControlNetLibrary
     pool: SlotPool
+    embeddings: EmbeddingLibrary = field(default_factory=lambda: EmbeddingLibrary(None))

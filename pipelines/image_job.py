@@ -29,6 +29,7 @@ from . import preprocess
 from .cache import module_bytes
 from .controlnets import load_controlnet
 from .core import EngineCore
+from .embeddings import EmbeddingEntry
 from .errors import Cancelled, RequestError
 from .hashes import folder_model_hash
 from .jobs import JobContext, Prepared
@@ -74,6 +75,7 @@ class _Ready:
     entry: ModelEntry
     inputs: Inputs
     loras: list[tuple[LoraEntry, float]]
+    embeddings: list[EmbeddingEntry]  # textual inversions the prompts use
     t0: float
     prepare_s: float
 
@@ -138,7 +140,8 @@ class ImageRunner:
         inputs = job.inputs or Inputs()
         req, entry = self.resolve(job.request, inputs)
         loras = [(self.core.loras.get(n), w) for n, w in req.loras]
-        ready = _Ready(job, entry, inputs, loras, t0, time.perf_counter() - t0)
+        embeddings = self._embeddings(req, entry)
+        ready = _Ready(job, entry, inputs, loras, embeddings, t0, time.perf_counter() - t0)
         return Prepared(req, image_work(req), entry.name, ready)
 
     # -- 2. run on a slot ------------------------------------------------------
@@ -156,13 +159,22 @@ class ImageRunner:
         return GenerationResult(req, made.images, made.seeds, made.infotexts, slot.name,
                                 timings, made.paths, made.warnings)  # fmt: skip
 
+    def _embeddings(self, req: GenerationRequest, entry: ModelEntry) -> list[EmbeddingEntry]:
+        family = entry.family.name
+        if family not in ("sd15", "sdxl"):
+            return []  # A1111's embeddings are CLIP vectors of SD/SDXL
+        texts = {"prompt": req.prompt, "negative_prompt": req.negative_prompt}
+        return self.core.embeddings.used_in(texts, family, entry.name)
+
     def _describe(self, req: GenerationRequest, ready: _Ready, model_hash: str) -> Any:
         """infotext(seed) for this job's images."""
         lora_hashes = {e.name: e.short_hash for e, _ in ready.loras}
         cn_hashes = {u.model: folder_model_hash(self.core.controlnets.get(u.model).path)
                      for u in req.controlnets}  # fmt: skip
         task = task_of(req, ready.inputs)
-        return lambda seed: infotext_for(req, seed, model_hash, lora_hashes, task, cn_hashes)
+        ti_hashes = {e.name: e.short_hash for e in ready.embeddings}
+        return lambda seed: infotext_for(req, seed, model_hash, lora_hashes, task, cn_hashes,
+                                         ti_hashes)  # fmt: skip
 
     def _images(
         self, slot: DeviceSlot, loaded: LoadedModel, req: GenerationRequest, ready: _Ready,
@@ -182,7 +194,7 @@ class ImageRunner:
                                    settings.annotators_dir, u.low_threshold,
                                    u.high_threshold, req.seed)
                     for i, u in enumerate(req.controlnets)]  # fmt: skip
-            cond = self._condition(loaded, req, task, made)  # once, with the LoRAs active
+            cond = self._condition(loaded, req, task, ready, made)  # once, LoRAs active
             for call in range(req.batch_count):
                 if ctx.cancel.cancelled:
                     raise Cancelled("cancelled")
@@ -217,7 +229,7 @@ class ImageRunner:
                                                      seed, n, job.task_id))  # fmt: skip
 
     def _condition(
-        self, loaded: LoadedModel, req: GenerationRequest, task: str, made: _Made
+        self, loaded: LoadedModel, req: GenerationRequest, task: str, ready: _Ready, made: _Made
     ) -> Conditioning:
         """The job's prompts encoded once (A1111's language; see prompt_encoding.py)."""
         family = loaded.entry.family.name
@@ -226,6 +238,7 @@ class ImageRunner:
         cond = condition(loaded.pipeline, family, req.prompt, req.negative_prompt,
                          req.num_inference_steps, req.guidance_scale or 0.0,
                          clip_skip=1 if ignored else req.clip_skip,
+                         embeddings=self.core.embeddings.vectors(ready.embeddings),
                          sdxl_clip_l_skip=settings.sdxl_clip_l_skip)  # fmt: skip
         if req.clip_skip != 1 and family == "flux":
             made.warnings.append("flux: clip skip is not applied to Flux's text encoders")

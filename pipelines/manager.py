@@ -21,6 +21,7 @@ from PIL import Image
 
 from .controlnets import ControlNetLibrary
 from .core import EngineCore, EngineSettings
+from .embeddings import EmbeddingLibrary
 from .families import Family
 from .hub import HubPolicy
 from .image_job import GenerationResult, ImageJob, ImageRunner
@@ -53,7 +54,9 @@ class PipelineManager:
                                   s.lora_hotswap_rank)  # fmt: skip
         self.pool = SlotPool(s.devices, s.cache_budget_mb, s.load, adapters,
                              self.registry.model_hash)  # fmt: skip
-        self.core = EngineCore(s, self.registry, self.loras, self.controlnets, self.pool)
+        self.embeddings = EmbeddingLibrary(s.embeddings_dir)
+        self.core = EngineCore(s, self.registry, self.loras, self.controlnets, self.pool,
+                               self.embeddings)  # fmt: skip
         self.jobs = JobQueue(self.pool, Limits(s.queue_size, s.max_jobs_per_user, s.max_work))
         self.images = ImageRunner(self.core)
         self.jobs.register(ImageJob, self.images)

@@ -28,6 +28,7 @@ def infotext_for(
     lora_hashes: dict[str, str],
     task: str = "txt2img",
     controlnet_hashes: dict[str, str] | None = None,
+    ti_hashes: dict[str, str] | None = None,
 ) -> str:
     """The infotext of one image of a resolved request (task from tasks.task_of)."""
     masked = task.startswith("inpaint") and req.inpaint_area == "masked"
@@ -56,6 +57,7 @@ def infotext_for(
             unit, (controlnet_hashes or {}).get(unit.model)
         )
     params["Lora hashes"] = lora_hashes_value(list(lora_hashes.items())) if lora_hashes else None
+    params["TI hashes"] = lora_hashes_value(list(ti_hashes.items())) if ti_hashes else None
     params["Version"] = VERSION
     return format_infotext(prompt, req.negative_prompt, params)
 
