@@ -50,7 +50,9 @@ TERMINAL = ("result", "error", "cancelled")
 
 @dataclass(frozen=True)
 class JobEvent:
-    kind: str  # queued | download | started | progress | preview | result | error | cancelled
+    # queued | download | started | progress | preview | result | error | cancelled
+    # (and idle, from Job.events(idle=...) only: nothing happened for a while)
+    kind: str
     job_id: str
     position: int | None = None  # queued: place in the line (1 = next)
     step: int = 0  # progress: steps done, over every pass of the job (download: bytes)
@@ -141,14 +143,26 @@ class Job:
         return f"Job({self.id}, {self.kind}, {self.state}, caller={self.caller})"
 
     # -- for callers -----------------------------------------------------------
-    def events(self, timeout: float | None = None) -> Iterator[JobEvent]:
+    def events(self, timeout: float | None = None, idle: float | None = None) -> Iterator[JobEvent]:
         """Every event in order, ending with the terminal one (result/error/cancelled).
-        One consumer per job. `timeout`: most seconds to wait for each event."""
+        One consumer per job. `timeout`: most seconds to wait for each event. `idle`:
+        after that many seconds without one, an `idle` event (not a state change), so a
+        consumer that can only act between events (a Gradio generator, closed on Stop
+        only while it yields) gets the chance while its job waits in a long line."""
+        waited = 0.0
         while True:
+            wait = idle if idle is not None else timeout
+            if idle is not None and timeout is not None:
+                wait = min(idle, timeout - waited)
             try:
-                event = self._events.get(timeout=timeout)
+                event = self._events.get(timeout=wait)
             except queue.Empty:
-                raise TimeoutError(f"job {self.id}: no event in {timeout} s") from None
+                waited += wait or 0.0
+                if timeout is not None and waited >= timeout:
+                    raise TimeoutError(f"job {self.id}: no event in {timeout} s") from None
+                yield JobEvent("idle", self.id)
+                continue
+            waited = 0.0
             yield event
             if event.kind in TERMINAL:
                 return

@@ -58,3 +58,18 @@ def test_full_generation_queue_refuses_the_next_job_but_png_info_answers(server,
     running.cancel()
     files, _, seed = waiting.result(timeout=120)
     assert seed == 2 and len(files) == 1, "the waiting job ran once the long one was stopped"
+
+
+def test_stop_takes_a_waiting_job_out_of_the_line_at_once(server):
+    manager = server.atelier_context.manager
+    a, b = (Client(server.test_url, verbose=False) for _ in range(2))
+    running = a.submit(prompt="a long one", seed=1, **LONG, api_name="/generate")
+    assert wait_for(manager, lambda: manager.status()["slots"][0]["busy"])
+    waiting = b.submit(prompt="waits", seed=2, **SMALL, api_name="/generate")
+    assert wait_for(manager, lambda: manager.status()["waiting"] == 1)
+    waiting.cancel()
+    # The long job still runs (a minute): the waiting one must leave the line well before.
+    assert wait_for(manager, lambda: manager.status()["waiting"] == 0)
+    assert manager.status()["slots"][0]["busy"], "the running job is not affected"
+    running.cancel()
+    assert wait_for(manager, lambda: not manager.status()["slots"][0]["busy"])

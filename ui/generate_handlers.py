@@ -81,6 +81,8 @@ def job_of(ctx: StudioContext, values: Mapping[str, Any], form: Any = None) -> A
 def running(event: Any, shown: Callable[[Any], Any] = lambda image: image) -> dict[str, Any]:
     """The status line (and the preview, through `shown`) for a job event that is not
     the result. Shared by the Generate and Video tabs."""
+    if event.kind == "idle":
+        return {}  # nothing new; yielding lets Gradio stop the handler if asked
     if event.kind == "queued":
         return {"status": queue_text(event)}
     if event.kind == "started":

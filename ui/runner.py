@@ -36,7 +36,9 @@ def stream_job(job: Job, min_interval: float = 0.1) -> Iterator[JobEvent]:
     here as its exception. Closing this iterator early cancels the job."""
     last = 0.0
     try:
-        for event in job.events():
+        # idle events let a handler yield (and Gradio close it on Stop) while the job
+        # waits in a long line with nothing to report
+        for event in job.events(idle=1.0):
             if event.kind in ("error", "cancelled"):
                 assert event.error is not None
                 raise event.error
