@@ -9,6 +9,7 @@ on the same port.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+IN_CI = bool(os.environ.get("CI") or os.environ.get("ATELIER_CI"))  # missing = failure there
 REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 
 

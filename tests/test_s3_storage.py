@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import urllib.request
 import uuid
+from pathlib import Path
 
+import boto3
 import pytest
 
-boto3 = pytest.importorskip("boto3")
-pytest.importorskip("moto.server")
-
-from pipelines import EngineSettings, GenerationRequest, ImageJob, PipelineManager  # noqa: E402
-from pipelines.storage import S3Store, StorageError, UploadingRunner  # noqa: E402
-from tests.servers import free_port, moto_s3_server  # noqa: E402
+from pipelines import EngineSettings, GenerationRequest, ImageJob, PipelineManager
+from pipelines.storage import S3Store, StorageError, UploadingRunner
+from tests.servers import IN_CI, REDIS_SERVER, free_port, moto_s3_server
 
 SMALL = dict(num_inference_steps=2, width=64, height=64)
 
@@ -21,6 +21,21 @@ SMALL = dict(num_inference_steps=2, width=64, height=64)
 def endpoint():
     with moto_s3_server() as url:
         yield url
+
+
+@pytest.fixture(scope="module")
+def listeners():
+    """The listeners of the module's engine, changed per test (the queue cannot drop one)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def engine(cache_root, listeners):
+    """One engine for the module; each test registers its own ImageJob runner."""
+    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=None,
+                                       models_dir=None))  # fmt: skip
+    m.jobs.add_listener(lambda job, event: [f(job, event) for f in list(listeners)])
+    return m
 
 
 @pytest.fixture(autouse=True)
@@ -106,9 +121,8 @@ def test_a_permanent_error_is_not_retried(endpoint, tmp_path):
     assert waits == [] and path.exists()
 
 
-def test_jobs_upload_their_images_or_fail_keeping_them(cache_root, endpoint, bucket, tmp_path):
-    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=None,
-                                       models_dir=None))  # fmt: skip
+def test_jobs_upload_their_images_or_fail_keeping_them(engine, endpoint, bucket, tmp_path):
+    m = engine
     store = S3Store(bucket, prefix="out", endpoint_url=endpoint, region="us-east-1")
     m.jobs.register(ImageJob, UploadingRunner(m.images, store, name=lambda job: f"job{job.id}"))
     req = GenerationRequest(prompt="a fox", seed=11, batch_size=2, **SMALL)
@@ -128,3 +142,42 @@ def test_jobs_upload_their_images_or_fail_keeping_them(cache_root, endpoint, buc
     assert isinstance(events[-1].error, StorageError) and "NoSuchBucket" in str(events[-1].error)
     kept = sorted((tmp_path / "failed").glob("*.png"))
     assert len(kept) == 2 and all(p.stat().st_size > 0 for p in kept)
+
+
+def test_redis_lists_the_object_urls_and_a_failed_upload_fails_the_task(
+    engine, listeners, endpoint, bucket, tmp_path
+):
+    import redis
+
+    from pipelines.status import RedisReporter
+    from tests.servers import redis_server
+
+    if not Path(REDIS_SERVER).exists() and not IN_CI:
+        pytest.skip("redis-server is not installed (apt-get install -y redis-server)")
+    m = engine
+    with redis_server(tmp_path) as server:
+        reporter = RedisReporter(server.url, ttl_s=60, prefix=f"s{uuid.uuid4().hex[:8]}")
+        listeners.append(reporter)
+        db = redis.Redis.from_url(server.url, decode_responses=True)
+        store = S3Store(bucket, endpoint_url=endpoint, region="us-east-1")
+        m.jobs.register(ImageJob, UploadingRunner(m.images, store, reporter.task_name))
+        req = GenerationRequest(prompt="a fox", seed=5, **SMALL)
+        job = m.submit(ImageJob(req, save_to=tmp_path / "ok"))
+        result = job.result(timeout=60)
+        name = reporter.task_name(job)
+        assert reporter.flush(10)
+        h = db.hgetall(reporter.key(name))
+        assert h["status"] == "done" and json.loads(h["outputs"]) == result.urls, h
+        assert result.urls == [f"{endpoint}/{bucket}/{name}/{result.paths[0].name}"]
+        gone = S3Store("gone-bucket", endpoint_url=endpoint, region="us-east-1")
+        m.jobs.register(ImageJob, UploadingRunner(m.images, gone, reporter.task_name))
+        job = m.submit(ImageJob(req, save_to=tmp_path / "failed"))
+        with pytest.raises(StorageError):
+            job.result(timeout=60)
+        assert reporter.flush(10)
+        h = db.hgetall(reporter.key(reporter.task_name(job)))
+        assert h["status"] == "failed" and "NoSuchBucket" in h["error"], h
+        assert "kept locally" in h["error"] and list((tmp_path / "failed").glob("*.png"))
+        listeners.remove(reporter)
+        reporter.close(1)
+        db.close()
