@@ -179,3 +179,15 @@ def test_redis_killed_mid_job_the_job_finishes_and_the_state_is_written_on_retur
         listeners.remove(kill_at_step_2)
         listeners.remove(reporter)
         reporter.close(1)
+
+
+def test_front_ends_can_set_outputs_and_fail_a_task_after_its_result(reporter, db):
+    reporter.set_outputs("clip-1", ["s3://b/clip-1/clip.mp4", "s3://b/clip-1/clip.json"])
+    assert reporter.flush(10)
+    h = db.hgetall(reporter.key("clip-1"))
+    assert json.loads(h["outputs"]) == ["s3://b/clip-1/clip.mp4", "s3://b/clip-1/clip.json"]
+    reporter.fail("clip-1", OSError("upload failed: the file is kept locally"))
+    assert reporter.flush(10)
+    h = db.hgetall(reporter.key("clip-1"))
+    assert h["status"] == "failed" and h["error"] == "upload failed: the file is kept locally"
+    assert "error_field" not in h and len(json.loads(h["outputs"])) == 2
