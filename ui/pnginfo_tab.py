@@ -161,14 +161,15 @@ def build_pnginfo_tab(max_pixels: int | None = None) -> PngInfoTab:
     return PngInfoTab(blocks, image, parameters, note, send, parsed, unapplied, unapplied_note)
 
 
-def wire_details(tab: PngInfoTab, manager: PipelineManager | None, model: Any = None,
+def wire_details(tab: PngInfoTab, manager: PipelineManager | None, model_box: Any = None,
                  max_pixels: int | None = None) -> None:  # fmt: skip
-    """Wire `/png_info_parsed` (in the Blocks that holds both `tab` and `model`, the Generate
-    tab's model dropdown, or None: the engine's first model; no manager: no unapplied list)."""
-    inputs = [tab.image, model] if model is not None else [tab.image]
+    """Wire `/png_info_parsed` (in the Blocks that holds both `tab` and `model_box`, the
+    Generate tab's model dropdown, or None: the engine's first model; no manager: no
+    unapplied list)."""
+    inputs = [tab.image, model_box] if model_box is not None else [tab.image]
 
-    def on_details(path: Any, current: str | None = None) -> tuple[Any, ...]:
-        return read_details(path, manager, current, max_pixels)
+    def on_details(path: Any, model: str | None = None) -> tuple[Any, ...]:
+        return read_details(path, manager, model, max_pixels)
 
     tab.image.change(on_details, inputs, [tab.parsed, tab.unapplied, tab.unapplied_note],
                      api_name="png_info_parsed", api_description=PNG_INFO_PARSED_DESCRIPTION,
