@@ -360,7 +360,7 @@ def _comfyui(texts: dict[str, str]) -> ImageParameters | None:
     # The first pass: the sampler whose latent is not another sampler's output.
     base = [n for _, n in samplers if not _reaches_sampler(graph, n["inputs"].get("latent_image"))]
     node = (base or [samplers[0][1]])[0]
-    inputs = node["inputs"]
+    inputs = _sampler_inputs(graph, node)
     model, loras = _model(graph, inputs.get("model"))
     width, height, from_image = _size(graph, inputs.get("latent_image"))
     denoise = _value(graph, inputs.get("denoise"))
@@ -380,8 +380,30 @@ def _comfyui(texts: dict[str, str]) -> ImageParameters | None:
 
 
 def _is_sampler(node: dict[str, Any]) -> bool:
+    """KSampler and its kin (all settings on the node), or SamplerCustom(Advanced) (the
+    settings on the nodes linked as noise, guider, sampler and sigmas)."""
     inputs = node.get("inputs")
-    return isinstance(inputs, dict) and {"steps", "cfg", "sampler_name"} <= inputs.keys()
+    if not isinstance(inputs, dict):
+        return False
+    return {"steps", "cfg", "sampler_name"} <= inputs.keys() or {
+        "sampler",
+        "sigmas",
+    } <= inputs.keys()
+
+
+def _sampler_inputs(graph: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """A sampler node's inputs in KSampler's shape: SamplerCustom(Advanced)'s settings are
+    gathered from RandomNoise (noise_seed), CFGGuider/BasicGuider (cfg, positive,
+    negative or conditioning, model), KSamplerSelect (sampler_name) and BasicScheduler
+    (scheduler, steps, denoise, model)."""
+    inputs = dict(node["inputs"])
+    for key in ("noise", "guider", "sampler", "sigmas"):
+        linked = _linked(graph, inputs.get(key))
+        for name, value in (linked or {}).get("inputs", {}).items():
+            inputs.setdefault(name, value)
+    inputs.setdefault("seed", inputs.get("noise_seed"))
+    inputs.setdefault("positive", inputs.get("conditioning"))
+    return inputs
 
 
 def _linked(graph: dict[str, Any], ref: Any) -> dict[str, Any] | None:

@@ -96,6 +96,25 @@ COMFY_PROMPT = {
 }  # fmt: skip
 
 
+# The same generation through SamplerCustomAdvanced (as Flux workflows are built).
+COMFY_CUSTOM = {
+    **{k: v for k, v in COMFY_PROMPT.items() if k != "3"},
+    "3": {"class_type": "SamplerCustomAdvanced", "inputs": {
+        "noise": ["11", 0], "guider": ["12", 0], "sampler": ["13", 0], "sigmas": ["14", 0],
+        "latent_image": ["5", 0]}},
+    "11": {"class_type": "RandomNoise", "inputs": {"noise_seed": 1234}},
+    "12": {"class_type": "CFGGuider", "inputs": {"model": ["10", 0], "positive": ["6", 0],
+                                                 "negative": ["7", 0], "cfg": 6.5}},
+    "13": {"class_type": "KSamplerSelect", "inputs": {"sampler_name": "dpmpp_2m"}},
+    "14": {"class_type": "BasicScheduler", "inputs": {"model": ["10", 0], "scheduler": "karras",
+                                                      "steps": 20, "denoise": 1.0}},
+}  # fmt: skip
+
+
+def comfyui_custom_png(folder: Path) -> Path:
+    return _png(folder / "comfyui-custom.png", {"prompt": json.dumps(COMFY_CUSTOM)})
+
+
 def _comfy_workflow(prompt: dict) -> dict:
     """The UI workflow: nodes and links [id, from, slot, to, slot, type] (what sd-parsers
     walks); built from the API prompt above."""
@@ -202,6 +221,7 @@ FORMATS: dict[str, tuple[Callable[[Path], Path], str, str, str | None]] = {
     "civitai": (civitai_png, "Civitai", "DPM++ 2M Karras", None),
     "comfyui": (comfyui_png, "ComfyUI", "DPM++ 2M", "Karras"),
     "comfyui-api": (lambda f: comfyui_png(f, workflow=False), "ComfyUI", "DPM++ 2M", "Karras"),
+    "comfyui-custom": (comfyui_custom_png, "ComfyUI", "DPM++ 2M", "Karras"),
     "invokeai": (invokeai_png, "InvokeAI", "DPM++ 2M", "Karras"),
     "invokeai-2": (invokeai_sd_metadata_png, "InvokeAI", "DPM++ 2M", None),
     "invokeai-dream": (invokeai_dream_png, "InvokeAI", "Euler a", None),

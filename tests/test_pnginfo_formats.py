@@ -20,8 +20,8 @@ from pipelines.pnginfo import from_infotext, read_image_parameters, unapplied
 from tests import pnginfo_fixtures as fx
 
 MODELS = {"invokeai-dream": None, "novelai": "Stable Diffusion XL"}  # others: dreamshaper_8
-LORAS = {"comfyui": 0.8, "comfyui-api": 0.8, "invokeai": 0.8, "fooocus": 0.8,
-         "fooocus-jpeg": 0.8}  # fmt: skip
+LORAS = {"comfyui": 0.8, "comfyui-api": 0.8, "comfyui-custom": 0.8, "invokeai": 0.8,
+         "fooocus": 0.8, "fooocus-jpeg": 0.8}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", list(fx.FORMATS))
