@@ -7,6 +7,10 @@ import os
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One torch thread per process (subprocesses inherit it, so pixels compare equal across
+# them): the tests run several engines, servers and workers at once, and two threads
+# each on this 2-core machine made a 2-step tiny job ~50x slower under load.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
