@@ -72,6 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     # -- prompt encoding and VAE (issue 11) --
     gen.add_argument("--clip-skip", type=int, default=1, metavar="N",
                      help="A1111 clip skip: 1 = last text-encoder layer, 2 = penultimate")
+    gen.add_argument("--vae", metavar="NAME",
+                     help="a VAE of the VAE folder (vae_dir) by name; default: the model's own")
     # -- end prompt encoding and VAE --
     add_image_arguments(gen)
     gen.add_argument("--out", type=Path, help="folder for the PNGs (default: outputs dir)")
@@ -287,6 +289,7 @@ def _request_from_args(args: argparse.Namespace, manager: PipelineManager) -> An
         batch_count=args.batch_count,
         loras=_lora_pairs(args.lora),
         clip_skip=args.clip_skip,
+        vae=args.vae,
         controlnets=units,
         **image_options,
     )

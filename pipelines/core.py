@@ -16,6 +16,7 @@ from .loading import LoadOptions
 from .loras import LoraLibrary
 from .registry import ModelRegistry
 from .slots import SlotPool
+from .vaes import VaeLibrary
 
 
 @dataclass(frozen=True)
@@ -55,3 +56,4 @@ class EngineCore:
     controlnets: ControlNetLibrary
     pool: SlotPool
     embeddings: EmbeddingLibrary = field(default_factory=lambda: EmbeddingLibrary(None))
+    vaes: VaeLibrary = field(default_factory=lambda: VaeLibrary(None))

@@ -45,6 +45,7 @@ from .schedulers import build_scheduler, get_spec
 from .slots import DeviceSlot, LoadedModel, lora_scope
 from .tasks import Inputs, check_inputs, crop_inputs, dtype_of, paste_back, task_arguments, task_of
 from .tasks import build as build_task
+from .vaes import AUTOMATIC, load_vae
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,11 @@ class ImageRunner:
         for lora_name, _ in req.loras:
             check_family(core.loras.get(lora_name), entry.family.name, name)
         check_inputs(req, inputs or Inputs(), entry.family.name, name)
+        if req.vae in ("", AUTOMATIC):
+            req = replace(req, vae=None)
+        if req.vae is not None:
+            check_name("vae", req.vae, "VAE")
+            core.vaes.get(req.vae).check_family(entry.family.name, name)
         if entry.inpaint and not task_of(req, inputs or Inputs()).startswith("inpaint"):
             rule = (f"'{name}' is an inpainting checkpoint (9-channel UNet): use it to inpaint, "
                     "with an init image and a mask")  # fmt: skip
@@ -173,8 +179,9 @@ class ImageRunner:
                      for u in req.controlnets}  # fmt: skip
         task = task_of(req, ready.inputs)
         ti_hashes = {e.name: e.short_hash for e in ready.embeddings}
+        vae_hash = None if req.vae is None else self.core.vaes.get(req.vae).short_hash
         return lambda seed: infotext_for(req, seed, model_hash, lora_hashes, task, cn_hashes,
-                                         ti_hashes)  # fmt: skip
+                                         ti_hashes, vae_hash)  # fmt: skip
 
     def _images(
         self, slot: DeviceSlot, loaded: LoadedModel, req: GenerationRequest, ready: _Ready,
@@ -189,7 +196,11 @@ class ImageRunner:
         box = None
         if task.startswith("inpaint") and req.inpaint_area == "masked":
             inputs, box = crop_inputs(req, whole)  # generate the box, paste it back below
-        with self._controlnets(slot, loaded, req) as controlnets, lora_scope(loaded, ready.loras):
+        with (
+            self._controlnets(slot, loaded, req) as controlnets,
+            self._vae(slot, loaded, req) as vae,
+            lora_scope(loaded, ready.loras),
+        ):
             maps = [preprocess.run(u.module, inputs.control_images[i], req.width, req.height,
                                    settings.annotators_dir, u.low_threshold,
                                    u.high_threshold, req.seed)
@@ -204,6 +215,8 @@ class ImageRunner:
                     pipe = fresh_pipeline(loaded.pipeline, scheduler)
                 else:
                     pipe = build_task(loaded.pipeline, family.name, task, scheduler, controlnets)
+                if vae is not None:  # this call's own pipeline object; the cached one keeps its VAE
+                    pipe.register_modules(vae=vae)
                 progress = step_callback(family.name, call, req.batch_count, req.height,
                                          req.width, ctx.on_progress, ctx.cancel,
                                          settings.preview_every)  # fmt: skip
@@ -251,6 +264,19 @@ class ImageRunner:
                                  "prompt but keeps the first step's pooled embedding")  # fmt: skip
         made.warnings.extend(cond.warnings)
         return cond
+
+    @contextmanager
+    def _vae(self, slot: DeviceSlot, loaded: LoadedModel, req: GenerationRequest) -> Iterator[Any]:
+        """The request's VAE (None = the model's own), in the slot's cache, locked while used."""
+        if req.vae is None:
+            yield None
+            return
+        entry = self.core.vaes.get(req.vae)
+        if entry.key not in slot.cache:
+            model = load_vae(entry, loaded.pipeline.vae, slot.device, dtype_of(loaded.pipeline))
+            slot.cache.put(entry.key, model, module_bytes(model))
+        with slot.cache.locked(entry.key) as model:
+            yield model
 
     @contextmanager
     def _controlnets(

@@ -32,6 +32,7 @@ from .registry import ModelEntry, ModelRegistry
 from .request import GenerationRequest
 from .slots import AdapterOptions, DeviceSlot, SlotPool
 from .tasks import Inputs
+from .vaes import VaeLibrary
 from .video import VideoJob, VideoRequest, VideoResult, VideoRunner
 
 __all__ = ["EngineSettings", "GenerationResult", "PipelineManager"]
@@ -55,8 +56,9 @@ class PipelineManager:
         self.pool = SlotPool(s.devices, s.cache_budget_mb, s.load, adapters,
                              self.registry.model_hash)  # fmt: skip
         self.embeddings = EmbeddingLibrary(s.embeddings_dir)
+        self.vaes = VaeLibrary(s.vae_dir)
         self.core = EngineCore(s, self.registry, self.loras, self.controlnets, self.pool,
-                               self.embeddings)  # fmt: skip
+                               self.embeddings, self.vaes)  # fmt: skip
         self.jobs = JobQueue(self.pool, Limits(s.queue_size, s.max_jobs_per_user, s.max_work))
         self.images = ImageRunner(self.core)
         self.jobs.register(ImageJob, self.images)

@@ -29,6 +29,7 @@ def infotext_for(
     task: str = "txt2img",
     controlnet_hashes: dict[str, str] | None = None,
     ti_hashes: dict[str, str] | None = None,
+    vae_hash: str | None = None,
 ) -> str:
     """The infotext of one image of a resolved request (task from tasks.task_of)."""
     masked = task.startswith("inpaint") and req.inpaint_area == "masked"
@@ -44,6 +45,8 @@ def infotext_for(
         "Size": f"{req.width}x{req.height}",
         "Model hash": model_hash,
         "Model": req.model,
+        "VAE hash": vae_hash if req.vae else None,  # A1111's pair, after the model's
+        "VAE": req.vae or None,
         "Clip skip": req.clip_skip if req.clip_skip > 1 else None,  # A1111 writes it from 2
         "Denoising strength": _num(req.strength)
         if task.startswith(("img2img", "inpaint"))
@@ -139,6 +142,7 @@ def request_from_infotext(text: str) -> GenerationRequest:
         seed=get_int("Seed") if "Seed" in params else -1,
         loras=loras,
         clip_skip=get_int("Clip skip") or 1,
+        vae=params.get("VAE") or None,
         **_image_fields(params),
     )
     return req

@@ -115,6 +115,8 @@ class GenerationRequest:
     # A1111's clip skip: 1 = the text encoder's last layer, 2 = the penultimate, ...
     # (diffusers' own `clip_skip` is this minus one). SDXL: see the sdxl_clip_l_skip setting.
     clip_skip: int = 1
+    # A VAE of the VAE folder by name (vaes.py); None or "Automatic" = the model's own.
+    vae: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "loras", lora_pairs(self.loras))

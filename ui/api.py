@@ -101,6 +101,8 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
                                            f"{request_default('inpaint_padding')}"),
             "clip_skip": WholeNumber(None, label="clip_skip: text encoder layer from the end, "
                                      "1 = last (A1111's meaning); blank = 1"),
+            "vae": gr.Textbox("", label="vae: a VAE of the server's VAE folder by name, e.g. "
+                              "'sdxl_vae.safetensors'; blank = Automatic (the model's own)"),
         }  # fmt: skip
         # Short labels: view_api prints an output's label as its name.
         images = gr.File(file_count="multiple", label="images")
@@ -130,6 +132,7 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
             inpaint_area: str | None = None,
             inpaint_padding: float | None = None,
             clip_skip: float | None = None,
+            vae: str = "",
             request: gr.Request = None,  # type: ignore[assignment]
             progress: gr.Progress = gr.Progress(),  # noqa: B008
         ) -> Iterator[tuple[Any, Any, Any]]:
@@ -140,7 +143,7 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
                       "mask_blur": mask_blur, "controlnets": controlnets,
                       "inpaint_area": inpaint_area,
                       "inpaint_padding": inpaint_padding,
-                      "clip_skip": clip_skip}  # fmt: skip
+                      "clip_skip": clip_skip, "vae": vae}  # fmt: skip
             from pipelines.image_job import ImageJob
 
             def publish(result: Any) -> tuple[Any, Any, Any]:

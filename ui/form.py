@@ -51,6 +51,7 @@ FIELDS = {
     "inpaint_padding": "inpaint_padding",
     "controlnets": "controlnets",
     "clip_skip": "clip_skip",
+    "vae": "vae",
 }
 # The Image to image / Inpaint area's modes (a radio: an image lying in the editor
 # must not silently turn text-to-image into image-to-image).
@@ -134,6 +135,8 @@ def request_from_widgets(values: Mapping[str, Any]) -> GenerationRequest:
         kwargs["inpaint_area"] = values["inpaint_area"]
     if not blank(values.get("inpaint_padding")):
         kwargs["inpaint_padding"] = whole(values["inpaint_padding"])
+    vae = values.get("vae")
+    kwargs["vae"] = None if blank(vae) or vae == "Automatic" else vae
     if not blank(values.get("clip_skip")):
         kwargs["clip_skip"] = whole(values["clip_skip"])
     kwargs["controlnets"] = parse_controlnets(values.get("controlnets"))
@@ -331,6 +334,7 @@ def widgets_from_request(req: GenerationRequest) -> dict[str, Any]:
         "inpaint_padding": req.inpaint_padding,
         "controlnets": [asdict(u) for u in req.controlnets],  # each one an enabled UI unit
         "clip_skip": req.clip_skip,
+        "vae": req.vae or "Automatic",
     }
 
 

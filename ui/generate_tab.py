@@ -44,14 +44,21 @@ class GenerateTab:
     def restore_outputs(self) -> list[Any]:
         """Components "Send to Generate" sets besides `widgets` and the LoRA rows."""
         return [*self.img2img.restore_outputs(), *self.control.restore_outputs(),
-                self.widgets["clip_skip"]]  # fmt: skip
+                self.widgets["clip_skip"], self.widgets["vae"]]  # fmt: skip
 
     def restore(self, manager: PipelineManager, values: dict[str, Any], family: str) -> list[Any]:
         """Updates for `restore_outputs` from ui.form.widgets_from_request's values."""
         choices = manager.controlnets.names(family)
         return [*self.img2img.restore(values), *self.control.restore(values["controlnets"],
                                                                      choices),
-                values["clip_skip"]]  # fmt: skip
+                values["clip_skip"], restored_vae(manager, values["vae"])]  # fmt: skip
+
+
+def restored_vae(manager: PipelineManager, name: str) -> Any:
+    """The VAE dropdown for a pasted infotext: its VAE if installed, else Automatic
+    (PNG Info lists what it did not apply)."""
+    names = ["Automatic", *manager.vaes.names()]
+    return gr.Dropdown(names, value=name if name in names else "Automatic")
 
 
 def build_generate_tab(ctx: StudioContext) -> GenerateTab:
@@ -71,6 +78,8 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                     model = gr.Dropdown(list(models), value=model_name, label="Model", scale=4,
                                         elem_id="atelier-model")  # fmt: skip
                     refresh = gr.Button("↻", scale=0, min_width=44, elem_id="atelier-refresh")
+                    vae = gr.Dropdown(["Automatic", *ctx.manager.vaes.names()], value="Automatic",
+                                      label="VAE", scale=2, elem_id="atelier-vae")  # fmt: skip
                     scheduler = gr.Dropdown(available_schedulers(family), scale=4,
                                             value=family.default_scheduler, label="Sampler",
                                             elem_id="atelier-scheduler")  # fmt: skip
@@ -134,7 +143,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
         widgets = {"prompt": prompt, "negative_prompt": negative, "model": model,
                    "scheduler": scheduler, "steps": steps, "cfg": cfg, "width": width,
                    "height": height, "seed": seed, "batch_size": batch_size,
-                   "batch_count": batch_count, "clip_skip": clip_skip}  # fmt: skip
+                   "batch_count": batch_count, "clip_skip": clip_skip, "vae": vae}  # fmt: skip
         by_component = {c: name for name, c in widgets.items()}
         by_component.update({c: name for name, c in img2img.by_field().items()})
         lora_inputs = set(loras.names) | set(loras.weights)
