@@ -85,9 +85,34 @@ def test_infotext_has_a1111_ti_hashes(em, folder):
     assert "TI hashes" not in plain.infotexts[0]
 
 
-def test_sdxl_embedding_runs_on_sdxl(em):
+def test_sdxl_embedding_equals_diffusers_loader_on_both_encoders(em, cache_root, folder):
+    from safetensors.torch import load_file
+
     sdxl = dict(BASE, model="tiny-sdxl")
     used = em.generate(GenerationRequest(prompt="a glossy castle", **sdxl))
+    path = str(builtin.ensure_model("tiny-sdxl", cache_root))
+    pipe = diffusers.StableDiffusionXLPipeline.from_pretrained(path)
+    pipe.scheduler = diffusers.EulerDiscreteScheduler.from_config(
+        pipe.scheduler.config, use_karras_sigmas=False
+    )
+    vectors = load_file(str(folder / "glossy.safetensors"))
+    pipe.load_textual_inversion(vectors["clip_l"], token="glossy", text_encoder=pipe.text_encoder,
+                                tokenizer=pipe.tokenizer)  # fmt: skip
+    pipe.load_textual_inversion(
+        vectors["clip_g"],
+        token="glossy",
+        text_encoder=pipe.text_encoder_2,
+        tokenizer=pipe.tokenizer_2,
+    )
+    theirs = pipe(
+        prompt="a glossy castle",
+        num_inference_steps=4,
+        guidance_scale=5.0,
+        width=64,
+        height=64,
+        generator=torch.Generator("cpu").manual_seed(21),
+    ).images[0]
+    assert np.array_equal(px(used), np.asarray(theirs))
     plain = em.generate(GenerationRequest(prompt="a castle", **sdxl))
     assert not np.array_equal(px(used), px(plain))
     assert "glossy" in em.embeddings.names("sdxl") and "glossy" not in em.embeddings.names("sd15")
