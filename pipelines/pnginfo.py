@@ -496,8 +496,6 @@ APPLIED = {"Steps", "Sampler", "Schedule type", "CFG scale", "Seed", "Size", "Mo
 DESCRIPTIVE = {"Model hash", "Lora hashes", "Version", "App", "Hashes", "VAE hash",
                "Civitai resources", "Civitai metadata", "Created Date", "TI hashes"}  # fmt: skip
 REASONS = {
-    "Clip skip": "Atelier has no clip skip setting yet: the last CLIP layer is used",
-    "VAE": "Atelier cannot load a separate VAE yet: the model's own VAE is used",
     "Styles": "Fooocus styles add their own words to the prompt: only the typed prompt is used",
     "Refiner": "Atelier does not run a refiner model",
     "CFG rescale": "Atelier has no CFG rescale",
@@ -628,8 +626,8 @@ def _reason(key: str) -> str:
 
 
 def _resource_notes(found: ImageParameters, manager: Any) -> list[tuple[str, str]]:
-    """VAE and embeddings, when the engine knows them: not installed ones are named.
-    (Before it does, a VAE is listed by `unapplied` as a setting Atelier lacks.)"""
+    """VAE and embeddings, when the engine knows them (duck-typed `manager.vaes` and
+    `manager.embeddings`, each with `names()`): not installed ones are named."""
     out = []
     vae = found.params.get("VAE")
     vaes = getattr(manager, "vaes", None)

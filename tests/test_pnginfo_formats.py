@@ -274,3 +274,12 @@ def test_big_seeds_and_odd_numbers_are_read_exactly(tmp_path: Path) -> None:
     raw = {**fx.FOOOCUS, "seed": "9007199254740993", "steps": "1e999"}
     found = parameters_from_texts({"parameters": json.dumps(raw)})
     assert found.fields()["seed"] == 9007199254740993 and found.fields()["steps"] is None
+
+
+def test_a_vae_or_embedding_that_is_not_installed_is_named(manager: Any) -> None:
+    text = ('a cat, easynegative\nSteps: 2, Sampler: Euler, Seed: 1, Model: tiny-sd, '
+            'VAE hash: 1234abcd, VAE: my-vae, TI hashes: "easynegative: c74b4e810b03"')  # fmt: skip
+    listed = names(unapplied(text, manager))
+    assert listed["VAE"] == "'my-vae' is not installed: the model's own VAE is used"
+    assert listed["Embedding easynegative"].startswith("'easynegative' ")
+    assert "VAE hash" not in listed and "TI hashes" not in listed
