@@ -189,3 +189,16 @@ def test_status_line_shows_warnings():
 
     assert done_text(1, "cpu", []) == "Done: 1 image(s) on cpu"
     assert "emphasis ignored" in done_text(1, "cpu", ["emphasis ignored"])
+
+
+def test_cli_json_carries_warnings(manager, caplog):
+    from ui.cli_jobs import run_one
+
+    req = GenerationRequest(prompt="a (castle:1.3)", model="tiny-flux", num_inference_steps=2,
+                            width=64, height=64, seed=1)  # fmt: skip
+    with caplog.at_level("WARNING"):
+        out = run_one(manager, req, None, None)
+    assert "emphasis" in out["warnings"][0]
+    assert "emphasis" in caplog.text
+    plain = run_one(manager, GenerationRequest(prompt="a castle", **BASE), None, None)
+    assert "warnings" not in plain

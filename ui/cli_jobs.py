@@ -38,7 +38,7 @@ def run_one(
     job = ImageJob(request, inputs or Inputs(), save_to=out, task_id=task_id)
     result = manager.submit(job).result()
     paths = result.paths
-    return {
+    out_json = {
         "task_id": task_id,
         "paths": [str(p) for p in paths],
         "seeds": result.seeds,
@@ -46,6 +46,11 @@ def run_one(
         "request": result.request.to_dict(),
         "seconds": round(result.timings["total"], 3),
     }
+    for warning in result.warnings:  # e.g. prompt syntax the model ignores
+        log.warning("%s", warning)
+    if result.warnings:
+        out_json["warnings"] = list(result.warnings)
+    return out_json
 
 
 def run_jobs(manager: PipelineManager, jobs_file: Path, out: Path | None) -> int:
