@@ -122,7 +122,8 @@ class Job:
     """The handle of one submitted job."""
 
     def __init__(self, job_id: str, kind: str, caller: str, prepared: Prepared,
-                 token: CancelToken, owner: JobQueue) -> None:  # fmt: skip
+                 token: CancelToken, owner: JobQueue,
+                 on_event: Callable[[JobEvent], None] | None = None) -> None:  # fmt: skip
         self.id = job_id
         self.kind = kind
         self.caller = caller
@@ -133,6 +134,7 @@ class Job:
         self.created = time.time()
         self.started_at: float | None = None
         self._owner = owner
+        self._on_event = on_event  # called in the job's thread, as each event happens
         self._events: queue.Queue[JobEvent] = queue.Queue()
         self._done = threading.Event()
         self._outcome: JobEvent | None = None
@@ -216,6 +218,8 @@ class Job:
         self._done.set()
 
     def _emit(self, event: JobEvent) -> None:
+        if self._on_event is not None and event.kind not in TERMINAL:
+            self._on_event(event)  # may raise (e.g. Cancelled): the job ends with it
         self._events.put(event)
         self._owner._tell(self, event)
 
@@ -245,10 +249,18 @@ class JobQueue:
         """`listener(job, event)` for every event of every job (must not block)."""
         self._listeners.append(listener)
 
-    def submit(self, spec: Any, caller: str = "local", cancel: CancelToken | None = None) -> Job:
+    def submit(
+        self,
+        spec: Any,
+        caller: str = "local",
+        cancel: CancelToken | None = None,
+        on_event: Callable[[JobEvent], None] | None = None,
+    ) -> Job:
         """Validate, admit and queue a job. Raises RequestError (bad input) or LimitError
         (refused by admission) before anything is queued; later failures end the job
-        with an `error` event."""
+        with an `error` event. `on_event(event)` is called in the job's own thread as
+        each event (but the terminal one) happens: a progress callback there runs while
+        the step's state is live (the model locked, the run not yet further)."""
         runner = self.runner_for(spec)
         # 1. validate and resolve (may read folders and hash files: outside the lock)
         prepared = runner.prepare(spec)
@@ -256,7 +268,7 @@ class JobQueue:
         with self._lock:
             self._admit(prepared, caller)
             job = Job(f"{next(self._ids)}", runner.kind, caller, prepared, cancel or CancelToken(),
-                      self)  # fmt: skip
+                      self, on_event)  # fmt: skip
             self._live[job.id] = job
         # 3. run in the job's own thread (it waits for a slot there)
         threading.Thread(target=self._run, args=(runner, job), name=f"atelier-job-{job.id}",

@@ -25,7 +25,7 @@ from .embeddings import EmbeddingLibrary
 from .families import Family
 from .hub import HubPolicy
 from .image_job import GenerationResult, ImageJob, ImageRunner
-from .jobs import Job, JobQueue, Limits
+from .jobs import Job, JobEvent, JobQueue, Limits
 from .loras import LoraLibrary
 from .progress import CancelToken, ProgressEvent
 from .registry import ModelEntry, ModelRegistry
@@ -73,10 +73,16 @@ class PipelineManager:
         return self.pool.cond
 
     # -- the job API -----------------------------------------------------------
-    def submit(self, spec: Any, caller: str = "local", cancel: CancelToken | None = None) -> Job:
+    def submit(
+        self,
+        spec: Any,
+        caller: str = "local",
+        cancel: CancelToken | None = None,
+        on_event: Callable[[JobEvent], None] | None = None,
+    ) -> Job:
         """Queue a job (ImageJob, VideoJob); see jobs.py. Raises RequestError for bad
         input and LimitError when admission refuses it, before anything is queued."""
-        return self.jobs.submit(spec, caller, cancel)
+        return self.jobs.submit(spec, caller, cancel, on_event)
 
     def status(self) -> dict[str, Any]:
         """Jobs waiting, and what runs on each slot."""
@@ -92,8 +98,8 @@ class PipelineManager:
         caller: str = "local",
     ) -> GenerationResult:
         """Text-to-image, or image-to-image / inpainting / ControlNet with `inputs`."""
-        job = self.submit(ImageJob(request, inputs or Inputs()), caller, cancel)
-        return _follow(job, on_progress)
+        spec = ImageJob(request, inputs or Inputs())
+        return _follow(self.submit(spec, caller, cancel, _progress_events(on_progress)))
 
     def generate_video(
         self,
@@ -105,8 +111,8 @@ class PipelineManager:
         caller: str = "local",
     ) -> VideoResult:
         """Text/image-to-video with the Wan models; see video.py."""
-        return _follow(self.submit(VideoJob(request, image, end_image), caller, cancel),
-                       on_progress)  # fmt: skip
+        spec = VideoJob(request, image, end_image)
+        return _follow(self.submit(spec, caller, cancel, _progress_events(on_progress)))
 
     def prepare(
         self, request: GenerationRequest, inputs: Inputs | None = None
@@ -143,13 +149,25 @@ class PipelineManager:
         return self.pool.wait_idle(timeout)
 
 
-def _follow(job: Job, on_progress: Callable[[ProgressEvent], None] | None) -> Any:
-    """Wait for `job`, passing its steps to `on_progress`; its result or its error."""
+def _follow(job: Job) -> Any:
+    """Wait for `job`; its result or its error. The caller gave up (Ctrl+C): cancel it."""
     try:
-        for event in job.events():
-            if on_progress is not None and event.kind in ("progress", "preview"):
-                on_progress(ProgressEvent(event.step, event.total, event.preview))
+        return job.result()
     finally:
-        if not job.done:  # the caller gave up (an exception in on_progress, Ctrl+C)
+        if not job.done:
             job.cancel()
-    return job.result()
+
+
+def _progress_events(
+    on_progress: Callable[[ProgressEvent], None] | None,
+) -> Callable[[JobEvent], None] | None:
+    """A job event listener that passes steps to an old-style `on_progress`, in the job's
+    thread, during the step (as the engine always has: a callback may cancel there)."""
+    if on_progress is None:
+        return None
+
+    def listener(event: JobEvent) -> None:
+        if event.kind in ("progress", "preview"):
+            on_progress(ProgressEvent(event.step, event.total, event.preview))
+
+    return listener
