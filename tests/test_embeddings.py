@@ -136,3 +136,11 @@ def test_refusals_name_the_field(em, fields, field, fragment):
 def test_words_that_merely_contain_a_name_are_not_embeddings(em):
     assert em.embeddings.used_in({"prompt": "shinyness, unshiny"}, "sd15", "m") == []
     assert [e.name for e in em.embeddings.used_in({"prompt": "SHINY."}, "sd15", "m")] == ["shiny"]
+
+
+def test_add_word_appends_the_embedding_to_a_prompt():
+    from ui.generate_handlers import add_word
+
+    assert add_word("a castle ", "shiny") == "a castle, shiny"
+    assert add_word("", "shiny") == "shiny"
+    assert add_word("a castle", None) == "a castle"

@@ -117,6 +117,14 @@ def finished(ctx: StudioContext, result: Any, old_history: list) -> dict[str, An
     }
 
 
+def add_word(text: str | None, word: str | None) -> str:
+    """The prompt with an embedding's word added at its end (A1111's card click)."""
+    text = text or ""
+    if not word:
+        return text
+    return f"{text.rstrip()}, {word}" if text.strip() else word
+
+
 def done_text(count: int, slot: str, warnings: list[str]) -> str:
     """The status line of a finished job, with the engine's warnings (ignored prompt syntax)."""
     text = f"Done: {count} image(s) on {slot}"

@@ -43,15 +43,21 @@ class GenerateTab:
 
     def restore_outputs(self) -> list[Any]:
         """Components "Send to Generate" sets besides `widgets` and the LoRA rows."""
-        return [*self.img2img.restore_outputs(), *self.control.restore_outputs(),
-                self.widgets["clip_skip"], self.widgets["vae"]]  # fmt: skip
+        return [*self.img2img.restore_outputs(), *self.control.restore_outputs()]
 
     def restore(self, manager: PipelineManager, values: dict[str, Any], family: str) -> list[Any]:
         """Updates for `restore_outputs` from ui.form.widgets_from_request's values."""
         choices = manager.controlnets.names(family)
         return [*self.img2img.restore(values), *self.control.restore(values["controlnets"],
-                                                                     choices),
-                values["clip_skip"], restored_vae(manager, values["vae"])]  # fmt: skip
+                                                                     choices)]  # fmt: skip
+
+    def restore_prompt_outputs(self) -> list[Any]:
+        """Clip skip and VAE, for "Send to Generate" (ui/studio.py adds them to its outputs)."""
+        return [self.widgets["clip_skip"], self.widgets["vae"]]
+
+    def restore_prompt(self, manager: PipelineManager, values: dict[str, Any]) -> list[Any]:
+        """Updates for `restore_prompt_outputs` from ui.form.widgets_from_request's values."""
+        return [values["clip_skip"], restored_vae(manager, values["vae"])]
 
 
 def restored_vae(manager: PipelineManager, name: str) -> Any:
@@ -108,6 +114,15 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                                           elem_id="atelier-clip-skip")  # fmt: skip
                 with gr.Accordion("LoRA", open=True):
                     loras = build_lora_panel(ctx.manager, family.name, prompt)
+                with (
+                    gr.Accordion("Textual inversion", open=False, elem_id="atelier-ti"),
+                    gr.Row(equal_height=True),
+                ):
+                    ti_name = gr.Dropdown(ctx.manager.embeddings.names(), value=None,
+                                          label="Embedding (its name is the prompt word)",
+                                          scale=4, elem_id="atelier-ti-name")  # fmt: skip
+                    ti_pos = gr.Button("Add to prompt", scale=0, min_width=120)
+                    ti_neg = gr.Button("Add to negative", scale=0, min_width=120)
                 selected = gr.State(None)
                 with gr.Accordion("Image to image / Inpaint", open=False,
                                   elem_id="atelier-img2img"):  # fmt: skip
@@ -194,6 +209,10 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                           api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
         reuse_seed.click(lambda s: s, last_seed, seed, api_name="reuse_seed",
                          api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
+
+        for button, box in ((ti_pos, prompt), (ti_neg, negative)):
+            button.click(handlers.add_word, [box, ti_name], box, api_visibility="undocumented",
+                         concurrency_limit=None)  # fmt: skip
 
         def on_model(name: str) -> list[Any]:
             return handlers.model_changed(ctx, name, len(control.model_outputs()))
