@@ -82,6 +82,7 @@ class EmbeddingLibrary:
         self.refused: dict[str, str] = {}  # name -> why it is not usable
         self._loaded: dict[Path, tuple[tuple[int, int], object]] = {}
         self._scanned = False
+        self._stamp: int | None = None  # the folder's mtime at the last scan
 
     def rescan(self) -> None:
         entries: dict[str, EmbeddingEntry] = {}
@@ -106,8 +107,17 @@ class EmbeddingLibrary:
             self._scanned = True
 
     def _ensure(self) -> None:
-        if not self._scanned:
+        """Scan on first use, and again when the folder changed (a file added or removed)."""
+        stamp = self._folder_stamp()
+        if not self._scanned or stamp != self._stamp:
             self.rescan()
+            self._stamp = stamp
+
+    def _folder_stamp(self) -> int | None:
+        try:
+            return self.folder.stat().st_mtime_ns if self.folder else None
+        except OSError:
+            return None
 
     def names(self, family: str | None = None) -> list[str]:
         self._ensure()

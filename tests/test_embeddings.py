@@ -144,3 +144,12 @@ def test_add_word_appends_the_embedding_to_a_prompt():
     assert add_word("a castle ", "shiny") == "a castle, shiny"
     assert add_word("", "shiny") == "shiny"
     assert add_word("a castle", None) == "a castle"
+
+
+def test_a_file_added_later_is_found(tmp_path):
+    from pipelines.embeddings import EmbeddingLibrary
+
+    lib = EmbeddingLibrary(tmp_path)
+    assert lib.names() == []
+    save_file({"emb_params": torch.zeros(1, WIDTH)}, tmp_path / "late.safetensors")
+    assert lib.names() == ["late"]
