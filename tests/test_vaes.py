@@ -127,3 +127,17 @@ def test_form_cli_and_json():
     assert GenerationRequest.from_json(f'{{"prompt": "x", "vae": "{FILE}"}}').vae == FILE
     args = app.build_parser().parse_args(["generate", "--prompt", "x", "--vae", FILE])
     assert args.vae == FILE
+
+
+def test_refresh_finds_a_vae_added_later(cache_root, tmp_path):
+    from types import SimpleNamespace
+
+    from ui.generate_handlers import libraries_refreshed
+
+    manager = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root,
+                                             vae_dir=tmp_path))  # fmt: skip
+    assert manager.vaes.names() == []
+    other_vae(cache_root).save_pretrained(tmp_path / "late-vae")
+    vae_update, _ = libraries_refreshed(SimpleNamespace(manager=manager), "late-vae")
+    assert "late-vae" in [c[0] if isinstance(c, tuple) else c for c in vae_update.choices]
+    assert vae_update.value == "late-vae"

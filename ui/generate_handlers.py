@@ -149,6 +149,15 @@ def model_changed(ctx: StudioContext, name: str, units: int) -> list[Any]:
             refresh_search(ctx.manager, fam.name), *dropdowns]  # fmt: skip
 
 
+def libraries_refreshed(ctx: StudioContext, vae: str | None) -> list[Any]:
+    """The VAE and embedding folders read again (the ↻ button): their dropdowns."""
+    ctx.manager.vaes.rescan()
+    ctx.manager.embeddings.rescan()
+    vaes = ["Automatic", *ctx.manager.vaes.names()]
+    return [gr.Dropdown(choices=vaes, value=vae if vae in vaes else "Automatic"),
+            gr.Dropdown(choices=ctx.manager.embeddings.names())]  # fmt: skip
+
+
 def models_refreshed(ctx: StudioContext, name: str) -> list[Any]:
     """The model list read again, and the LoRA search for the current model's family."""
     names = list(ctx.manager.models("image"))

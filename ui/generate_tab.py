@@ -229,6 +229,8 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
 
         refresh.click(on_refresh, model, [model, loras.search], api_name="refresh_models",
                       api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
+        refresh.click(lambda v: handlers.libraries_refreshed(ctx, v), vae, [vae, ti_name],
+                      api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
         loras.refresh.click(on_refresh, model, [model, loras.search], api_name="refresh_loras",
                             api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
     return GenerateTab(blocks, widgets, loras, img2img, control, gallery, selected, to_pnginfo,
