@@ -108,6 +108,7 @@ def send_to_generate(
     return [*(out[c] for c in send_outputs(gen)[:len(out)]),
             *fill(loras, lora_choices(ctx.manager, None)),
             *gen.restore(ctx.manager, values, family.name),
+            *gen.restore_prompt(ctx.manager, values),
             gr.Tabs(selected="generate")]  # fmt: skip
 
 
@@ -169,7 +170,8 @@ def wire(ctx: StudioContext, gen: GenerateTab, info: PngInfoTab, tabs: gr.Tabs) 
     info.send.click(
         lambda text, model: send_to_generate(ctx, gen, text, model),
         [info.parameters, model],
-        [*send_outputs(gen), *gen.loras.outputs(), *gen.restore_outputs(), tabs],
+        [*send_outputs(gen), *gen.loras.outputs(), *gen.restore_outputs(),
+         *gen.restore_prompt_outputs(), tabs],
         api_name="send_to_generate", api_visibility="undocumented", concurrency_limit=None,
     ).success(  # the list again, against the model the form now has
         lambda text, model: describe_text(ctx, text, model), [info.parameters, model],
