@@ -5,7 +5,6 @@ with a warning in the result."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import diffusers
@@ -16,10 +15,8 @@ from PIL import Image
 
 from pipelines import GenerationRequest, builtin
 from pipelines.prompt_encoding import (
-    condition,
     encode_for_pipeline,
     encode_prompt_schedule,
-    schedule_callback,
     schedule_tensor_inputs,
 )
 from pipelines.tasks import Inputs
@@ -155,33 +152,6 @@ def test_infotext_keeps_the_prompt_as_typed(manager):
     prompt = "a (fox:1.2) [in:on:2] snow BREAK night"
     result = manager.generate(GenerationRequest(prompt=prompt, **BASE))
     assert result.infotexts[0].splitlines()[0] == prompt
-
-
-def test_encoding_overhead_is_small(cache_root):
-    """Parser, tokenizer and chunking of a 300-token prompt (the encoder's own forward
-    excluded; the issue's budget is 5 ms), and the weighting of one chunk."""
-    from pipelines.prompt_encoding import Chunker, apply_emphasis
-
-    pipe = direct(cache_root, "tiny-sd")
-    chunker = Chunker(pipe.tokenizer)
-    prompt = "a " + ", ".join(f"(castle:1.1) [tower] {i}" for i in range(20))
-    assert 250 <= chunker.chunk(prompt).token_count <= 350
-    runs = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        chunker.chunk_many([(prompt, "prompt"), ("blurry", "negative_prompt")])
-        runs.append(time.perf_counter() - t0)
-    z, w = torch.randn(2, 77, 768), torch.rand(2, 77)
-    weights = []
-    for _ in range(7):
-        t0 = time.perf_counter()
-        apply_emphasis(z, w)
-        weights.append(time.perf_counter() - t0)
-    parse, weigh = sorted(runs)[3] * 1000, sorted(weights)[3] * 1000
-    print(f"\nparse+tokenize+chunk {parse:.2f} ms; weighting per 768-wide chunk {weigh:.3f} ms")
-    assert parse < 50, parse  # loose: a shared 2-core machine; typically under 1 ms
-    assert schedule_callback(encode_prompt_schedule(pipe, "sd15", "[a:b:1]", None, 2))
-    assert condition(pipe, "sd15", prompt, None, 20, 5.0).kwargs["prompt_embeds"].shape[1] % 77 == 0
 
 
 def test_status_line_shows_warnings():
