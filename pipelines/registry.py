@@ -277,7 +277,7 @@ class ModelRegistry:
         with self._lock:
             added = list(self._added)
         shipped = [builtin.SHIPPED_MODEL] if builtin.shipped_model() is not None else []
-        names = shipped + list(builtin.BUILTIN_MODELS) + list(self._folder_models())
+        names = list(builtin.BUILTIN_MODELS) + shipped + list(self._folder_models())
         names += list(self._file_models()) + added
         return list(dict.fromkeys(names))
 
