@@ -2,10 +2,8 @@
 judge reads them back into words), through the engine: prompt, negative prompt, CFG,
 ControlNet, LoRA, image-to-image and inpainting. 32 images per case (8 scenes x 4 seeds).
 
-Thresholds are the issue's targets where the trained model meets them; where it does
-not, the measured figure is recorded in bench/RESULTS.md and the threshold here is set
-just under it, so a regression (a unit that stops reading its control image, a LoRA
-that leaks) still fails.
+Thresholds are the issue's targets: a model that does not draw what it is told, a
+ControlNet unit that does not read its control image or a LoRA that does nothing fails.
 """
 
 from __future__ import annotations
@@ -18,6 +16,11 @@ from pipelines import builtin
 from pipelines.shapes import scenes as S
 from pipelines.shapes.judge import colour_share, iou, judge
 
+# The issue's targets. The first training run (bench/SHAPES_TRAINING.md) is far below
+# them and is not committed; these tests run once trained weights are in assets/.
+FLOOR = {"background": 0.9, "colour": 0.85, "kind": 0.7}
+FLOOR_IOU = 0.6  # mean IoU of the drawn shape with the control map's shape, weight 1
+FLOOR_HOLLOW = 0.8  # share of outline pictures with the outline LoRA at weight 1
 pytestmark = pytest.mark.skipif(
     builtin.shipped_model() is None, reason="atelier-shapes weights are not in assets/ yet"
 )
@@ -67,12 +70,11 @@ def accuracy(pictures, scenes) -> dict[str, float]:
     }
 
 
-def test_the_default_model_draws_what_the_prompt_says(shapes):
-    assert shapes.settings.default_model == "atelier-shapes"
+def test_atelier_shapes_draws_what_the_prompt_says(shapes):
     family = shapes.registry.family_of("atelier-shapes")
     assert family.default_size == 64, "its own default size, from its folder"
     got = accuracy(images(shapes, [S.full_caption(sc) for sc in SCENES]), SCENES)
-    assert got["background"] >= 0.9 and got["colour"] >= 0.85 and got["kind"] >= 0.7, got
+    assert all(got[k] >= FLOOR[k] for k in FLOOR), got
 
 
 def test_a_negative_prompt_removes_its_colour(shapes):
@@ -95,7 +97,8 @@ def test_the_controlnet_puts_the_shape_on_the_control_maps_edges(shapes):
     from pipelines import GenerationRequest
     from pipelines.tasks import Inputs
 
-    for weight, wanted in ((1.0, True), (0.0, False)):
+    means = {}
+    for weight in (1.0, 0.0):
         ious = []
         for i, sc in enumerate(SCENES):
             unit = {"model": builtin.SHIPPED_CONTROLNET, "module": "none", "weight": weight}
@@ -104,8 +107,9 @@ def test_the_controlnet_puts_the_shape_on_the_control_maps_edges(shapes):
             out = shapes.generate(req, inputs=Inputs(control_images=[S.edge_map(sc)]))
             mask = S.shape_mask(sc)
             ious += [iou(judge(p).main.mask, mask) if judge(p).main else 0.0 for p in out.images]
-        mean = float(np.mean(ious))
-        assert (mean >= 0.6) is wanted, (weight, mean)
+        means[weight] = float(np.mean(ious))
+    # The unit reads its control map: the shape follows the map's edges at weight 1, not 0.
+    assert means[1.0] >= FLOOR_IOU > means[0.0], means
 
 
 @pytest.mark.skipif(builtin.shipped_lora() is None, reason="LoRA not trained yet")
@@ -114,7 +118,7 @@ def test_the_outline_lora_hollows_the_shapes_and_weight_0_is_no_lora(shapes):
     outlined = images(shapes, prompts, loras={builtin.SHIPPED_LORA: 1.0})
     hollow = np.mean([judge(p).main is not None and judge(p).main.hollowness > 0.2
                       for p in outlined])  # fmt: skip
-    assert hollow >= 0.8, hollow
+    assert hollow >= FLOOR_HOLLOW, hollow
     plain = images(shapes, prompts[:2])
     zero = images(shapes, prompts[:2], loras={builtin.SHIPPED_LORA: 0.0})
     assert all(
