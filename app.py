@@ -70,10 +70,18 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora", action="append", default=[], metavar="NAME:WEIGHT",
                      help="apply a LoRA (repeatable)")  # fmt: skip
     # -- prompt encoding and VAE (issue 11) --
-    gen.add_argument("--clip-skip", type=int, default=1, metavar="N",
-                     help="A1111 clip skip: 1 = last text-encoder layer, 2 = penultimate")
-    gen.add_argument("--vae", metavar="NAME",
-                     help="a VAE of the VAE folder (vae_dir) by name; default: the model's own")
+    gen.add_argument(
+        "--clip-skip",
+        type=int,
+        default=1,
+        metavar="N",
+        help="A1111 clip skip: 1 = last text-encoder layer, 2 = penultimate",
+    )
+    gen.add_argument(
+        "--vae",
+        metavar="NAME",
+        help="a VAE of the VAE folder (vae_dir) by name; default: the model's own",
+    )
     # -- end prompt encoding and VAE --
     add_image_arguments(gen)
     gen.add_argument("--out", type=Path, help="folder for the PNGs (default: outputs dir)")
