@@ -158,6 +158,9 @@ class ImageRunner:
         made = _Made()
         units = [self.core.controlnets.get(u.model) for u in req.controlnets]
         ctx.fetch([ready.entry.pending, *(u.pending for u in units)])  # no slot held
+        # The model hash (cached by path, size and mtime) now, with progress, not under
+        # the slot's lock: a big single file's first hash takes seconds per GB.
+        self.core.registry.model_hash(ready.entry, ctx.on_hashing)
         pool = self.core.pool
         with pool.model_on_slot(ready.entry, ctx.job, timings, ctx.on_slot) as (slot, loaded):
             self._images(slot, loaded, req, ready, ctx, made)

@@ -50,7 +50,7 @@ TERMINAL = ("result", "error", "cancelled")
 
 @dataclass(frozen=True)
 class JobEvent:
-    # queued | download | started | progress | preview | result | error | cancelled
+    # queued | download | hashing | started | progress | preview | result | error | cancelled
     # (and idle, from Job.events(idle=...) only: nothing happened for a while)
     kind: str
     job_id: str
@@ -106,6 +106,10 @@ class JobContext:
     def on_download(self, done: int, total: int) -> None:
         """Bytes of the job's Hub models downloaded so far (before it waits for a slot)."""
         self.job._emit(JobEvent("download", self.job.id, step=done, total=total))
+
+    def on_hashing(self, done: int, total: int) -> None:
+        """Bytes of the model file hashed so far (its first use: big files take a while)."""
+        self.job._emit(JobEvent("hashing", self.job.id, step=done, total=total))
 
     def fetch(self, plans: list[Any]) -> None:
         """Download the Hub weights the job still needs (hub.Plan objects; None skipped),

@@ -224,6 +224,7 @@ class VideoRunner:
         settings = self.core.settings
         timings = {"prepare": prepare_s}
         ctx.fetch([entry.pending])  # Hub weights, if any: downloaded holding no slot
+        self.core.registry.model_hash(entry, ctx.on_hashing)  # cached; first time with progress
         # 2. a slot with the model; 3. one call with a fresh scheduler and pipeline object
         with self.core.pool.model_on_slot(entry, ctx.job, timings, ctx.on_slot) as (slot, loaded):
             scheduler = build_scheduler(req.scheduler, family, loaded.pristine_scheduler,

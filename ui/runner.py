@@ -56,8 +56,9 @@ def stream_job(job: Job, min_interval: float = 0.1) -> Iterator[JobEvent]:
 def progress_text(event: JobEvent) -> str:
     """'Step 3/20 · about 12 s left' (the ETA once the job has measured its steps), or
     for a download 'Downloading the model: 120 of 2,100 MB'."""
-    if event.kind == "download":
-        return f"Downloading the model: {event.step / 1e6:,.0f} of {event.total / 1e6:,.0f} MB"
+    if event.kind in ("download", "hashing"):
+        what = "Downloading" if event.kind == "download" else "Hashing (first use)"
+        return f"{what} the model: {event.step / 1e6:,.0f} of {event.total / 1e6:,.0f} MB"
     text = f"Step {event.step}/{event.total}"
     if event.eta is not None and event.step < event.total:
         text += f" · about {event.eta:.0f} s left" if event.eta >= 1 else " · under a second left"
