@@ -20,7 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 from ui.cli_jobs import (
     EXIT_BAD_INPUT,
-    check_engine_values,
     check_out_dir,
     default_controlnet,
     open_image,
@@ -193,7 +192,6 @@ def build_manager(args: argparse.Namespace, server: dict[str, Any] | None = None
     from ui.settings import engine_limits
 
     values = resolve(ENGINE_SETTINGS, args)
-    check_engine_values(values)  # --devices gpu:7, --dtype float8: one line, not a traceback
     limits = engine_limits(server) if server else {}
     return PipelineManager(engine_settings({**values, **limits})), values
 

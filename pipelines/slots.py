@@ -96,6 +96,32 @@ def default_budget(device: torch.device, n_slots_on_device: int) -> int:
     return int(ram * 0.5 / max(1, n_slots_on_device))
 
 
+def check_engine_values(devices: tuple[str, ...], dtype: str) -> None:
+    """Device slots and dtype that would otherwise fail later with a traceback (at the
+    first job): RequestErrors naming the setting, for every front end (the pool checks
+    them when it is built)."""
+    from .errors import RequestError
+    from .loading import DTYPES
+
+    if dtype != "auto" and dtype not in DTYPES:
+        raise RequestError("dtype", f"must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    have = f"this machine has {gpus} CUDA GPU(s)" if gpus else "this machine has no CUDA GPU"
+    for slot in devices:
+        for spec in slot.split("+"):
+            try:
+                device = torch.device(spec)
+            except (RuntimeError, ValueError):
+                rule = f"{spec!r} is not a device: use cpu, cuda or cuda:N ({have})"
+                raise RequestError("devices", rule) from None
+            if device.type == "cuda" and (device.index or 0) >= gpus:
+                raise RequestError("devices", f"{spec!r} does not exist: {have}")
+            if device.type == "mps" and not torch.backends.mps.is_available():
+                raise RequestError("devices", f"{spec!r} is not available on this machine")
+            if device.type not in ("cpu", "cuda", "mps"):
+                raise RequestError("devices", f"{spec!r}: use cpu, cuda or cuda:N ({have})")
+
+
 def model_key(entry: ModelEntry) -> str:
     return f"{entry.name}@{entry.path}"
 
@@ -109,6 +135,7 @@ class SlotPool:
         adapters: AdapterOptions,
         hash_of: Callable[[ModelEntry], str] | None = None,
     ) -> None:
+        check_engine_values(devices, load.dtype)  # a bad --devices/--dtype: one clear line
         self.load_options = load
         self.adapter_options = adapters
         # A model's "Model hash" (the registry's: cached across runs, A1111's for files)

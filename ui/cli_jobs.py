@@ -13,7 +13,6 @@ import json
 import logging
 import os
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -174,34 +173,6 @@ def check_out_dir(field_name: str, out: Path | None) -> None:
         raise RequestError(field_name, f"cannot make {out}: {existing} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RequestError(field_name, f"cannot write into {existing} (permission denied)")
-
-
-def check_engine_values(values: Mapping[str, Any]) -> None:
-    """Engine settings that would otherwise fail later with a traceback (at startup, or
-    at the first job): `devices` and `dtype`, as RequestErrors naming the setting."""
-    import torch
-
-    from pipelines.errors import RequestError
-    from pipelines.loading import DTYPES
-
-    dtype = values.get("dtype") or "auto"
-    if dtype != "auto" and dtype not in DTYPES:
-        raise RequestError("dtype", f"must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    have = f"this machine has {gpus} CUDA GPU(s)" if gpus else "this machine has no CUDA GPU"
-    for slot in values.get("devices") or ():
-        for spec in slot.split("+"):
-            try:
-                device = torch.device(spec)
-            except (RuntimeError, ValueError):
-                rule = f"{spec!r} is not a device: use cpu, cuda or cuda:N ({have})"
-                raise RequestError("devices", rule) from None
-            if device.type == "cuda" and (device.index or 0) >= gpus:
-                raise RequestError("devices", f"{spec!r} does not exist: {have}")
-            if device.type == "mps" and not torch.backends.mps.is_available():
-                raise RequestError("devices", f"{spec!r} is not available on this machine")
-            if device.type not in ("cpu", "cuda", "mps"):
-                raise RequestError("devices", f"{spec!r}: use cpu, cuda or cuda:N ({have})")
 
 
 def default_controlnet(manager: PipelineManager, model: str | None) -> str:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..builtin import SD15_SCHEDULER  # the SD 1.5 scheduler config, as the real repo ships it
 from . import scenes as S
 
 log = logging.getLogger("atelier.shapes")
@@ -46,16 +47,6 @@ CONTROLNET = "atelier-shapes-canny"
 LORA_FILE = "atelier-shapes-outline.safetensors"
 STAGES = ("vae", "unet", "controlnet", "lora")
 DEFAULTS = {"default_steps": 20, "default_cfg": 5.0, "default_size": S.SIZE}
-SD15_SCHEDULER = {
-    "beta_start": 0.00085,
-    "beta_end": 0.012,
-    "beta_schedule": "scaled_linear",
-    "num_train_timesteps": 1000,
-    "steps_offset": 1,
-    "clip_sample": False,
-    "set_alpha_to_one": False,
-    "skip_prk_steps": True,
-}
 SAVE_EVERY_S = 240.0  # checkpoint at least this often (a session may be killed any time)
 
 
