@@ -130,7 +130,8 @@ def test_a_job_downloads_its_hub_model_with_progress_then_equals_the_local_model
     events = list(job.events(timeout=120))
     kinds = [e.kind for e in events]
     first_start = kinds.index("started")
-    assert set(kinds[:first_start]) == {"download"} and kinds[-1] == "result", kinds
+    assert "download" in kinds[:first_start] and kinds[-1] == "result", kinds
+    assert set(kinds[:first_start]) <= {"download", "hashing"}, "all before taking a device"
     downloads = [(e.step, e.total) for e in events if e.kind == "download"]
     assert downloads[-1][0] == downloads[-1][1] > 0
     local = m.generate(GenerationRequest(prompt="a fox", model="tiny-sd", seed=3,

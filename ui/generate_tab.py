@@ -21,7 +21,7 @@ from ui.control_panel import ControlPanel, build_control_panel
 from ui.form import loras_from_slots, widget_specs
 from ui.img2img_panel import Img2ImgPanel, build_img2img_panel
 from ui.lora_panel import LoraPanel, build_lora_panel
-from ui.runner import gpu, gpu_seconds, progress_text
+from ui.runner import gpu, gpu_seconds, progress_text, unit_of
 
 if TYPE_CHECKING:
     from pipelines.manager import PipelineManager
@@ -181,7 +181,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
             values = values_of(data)
 
             def report(event: Any) -> None:
-                progress((event.step, event.total), desc=progress_text(event), unit="steps")
+                progress((event.step, event.total), desc=progress_text(event), unit=unit_of(event))
 
             for update in handlers.generate(ctx, values, data[history_items],
                                             ctx.caller(request), report):  # fmt: skip

@@ -65,6 +65,11 @@ def progress_text(event: JobEvent) -> str:
     return text
 
 
+def unit_of(event: JobEvent) -> str:
+    """What a progress event counts: bytes (download, first hash) or steps."""
+    return "bytes" if event.kind in ("download", "hashing") else "steps"
+
+
 def queue_text(event: JobEvent) -> str:
     return f"Waiting for a device… (number {event.position} in line)"
 
@@ -86,7 +91,7 @@ def endpoint_stream(
                 yield publish(event.result)
                 return
             if progress is not None and event.total:
-                progress((event.step, event.total), desc=progress_text(event), unit="steps")
+                progress((event.step, event.total), desc=progress_text(event), unit=unit_of(event))
             yield tuple(gr.skip() for _ in range(outputs))
 
 

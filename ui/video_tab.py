@@ -18,7 +18,7 @@ import gradio as gr
 from ui import video_handlers as handlers
 from ui.components import ImageUpload
 from ui.context import StudioContext
-from ui.runner import gpu, gpu_seconds, progress_text
+from ui.runner import gpu, gpu_seconds, progress_text, unit_of
 from ui.video_api import add_video_api
 from ui.video_form import DEFAULT_FORMAT, image_inputs, video_models, video_specs
 from ui.video_handlers import enlarged  # noqa: F401 (the tab's preview scaling, re-exported)
@@ -145,7 +145,7 @@ def build_video_tab(ctx: StudioContext) -> VideoTab:
             values = {name: data[c] for c, name in by_component.items()}
 
             def report(event: Any) -> None:
-                progress((event.step, event.total), desc=progress_text(event), unit="steps")
+                progress((event.step, event.total), desc=progress_text(event), unit=unit_of(event))
 
             for update in handlers.generate(ctx, values, data[image], data[end_image], data[fmt],
                                             ctx.caller(request), report):  # fmt: skip
