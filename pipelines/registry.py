@@ -64,16 +64,19 @@ class ModelEntry:
 
 
 def read_family(folder: Path) -> Family:
+    # Messages name the folder, not its path: they reach remote users (the log has it).
     index_file = folder / "model_index.json"
     if not index_file.is_file():
+        log.warning("%s has no model_index.json", folder)
         raise ModelUnavailableError(
-            f"{folder} is not a diffusers model folder (no model_index.json)"
+            f"'{folder.name}' is not a diffusers model folder (no model_index.json)"
         )
     index = json.loads(index_file.read_text())
     try:
         family = family_from_model_index(index)
     except ValueError as e:
-        raise ModelUnavailableError(f"{folder}: {e}") from None
+        log.warning("%s: %s", folder, e)
+        raise ModelUnavailableError(f"'{folder.name}': {e}") from None
     return with_model_defaults(family, folder)
 
 
