@@ -60,3 +60,20 @@ def client(server: Any) -> Any:
     from gradio_client import Client
 
     return Client(server.test_url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def listeners() -> list:
+    """Job listeners of the module's `engine`, changed per test (the queue cannot drop one)."""
+    return []
+
+
+@pytest.fixture(scope="module")
+def engine(cache_root: Path, listeners: list):
+    """One engine per module whose job events go to the functions in `listeners`."""
+    from pipelines import EngineSettings, PipelineManager
+
+    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=None,
+                                       models_dir=None))  # fmt: skip
+    m.jobs.add_listener(lambda job, event: [f(job, event) for f in list(listeners)])
+    return m

@@ -10,7 +10,7 @@ from pathlib import Path
 import boto3
 import pytest
 
-from pipelines import EngineSettings, GenerationRequest, ImageJob, PipelineManager
+from pipelines import GenerationRequest, ImageJob
 from pipelines.storage import S3Store, StorageError, UploadingRunner
 from tests.servers import IN_CI, REDIS_SERVER, free_port, moto_s3_server
 
@@ -21,21 +21,6 @@ SMALL = dict(num_inference_steps=2, width=64, height=64)
 def endpoint():
     with moto_s3_server() as url:
         yield url
-
-
-@pytest.fixture(scope="module")
-def listeners():
-    """The listeners of the module's engine, changed per test (the queue cannot drop one)."""
-    return []
-
-
-@pytest.fixture(scope="module")
-def engine(cache_root, listeners):
-    """One engine for the module; each test registers its own ImageJob runner."""
-    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=None,
-                                       models_dir=None))  # fmt: skip
-    m.jobs.add_listener(lambda job, event: [f(job, event) for f in list(listeners)])
-    return m
 
 
 @pytest.fixture(autouse=True)
