@@ -388,10 +388,10 @@ def _build_lora(folder: Path) -> None:
         folder, unet_lora_layers=get_peft_model_state_dict(unet), weight_name=LORA_FILE
     )
     # Kohya-style metadata, as real LoRAs carry it: family and trigger words.
-    _add_metadata(folder / LORA_FILE, LORA_METADATA)
+    write_safetensors_metadata(folder / LORA_FILE, LORA_METADATA)
 
 
-def _add_metadata(path: Path, metadata: dict[str, str]) -> None:
+def write_safetensors_metadata(path: Path, metadata: dict[str, str]) -> None:
     """Rewrite a safetensors file with `metadata`, header keys sorted: safetensors
     writes metadata in hash-map order, which would make builds differ."""
     import json
