@@ -16,6 +16,8 @@ from .loading import LoadOptions
 from .loras import LoraLibrary
 from .registry import ModelRegistry
 from .slots import SlotPool
+from .styles import StyleLibrary
+from .upscale import UpscalerLibrary
 from .vaes import VaeLibrary
 
 
@@ -45,6 +47,8 @@ class EngineSettings:
     sdxl_clip_l_skip: bool = False  # A1111's option: clip skip on SDXL, CLIP-L only
     embeddings_dir: Path | None = None  # textual-inversion .safetensors (embeddings.py)
     vae_dir: Path | None = None  # single-file VAEs and diffusers VAE folders (vaes.py)
+    styles_file: Path | None = None  # A1111's styles.csv (styles.py)
+    upscalers_dir: Path | None = None  # upscaler models, .safetensors (upscale.py)
     load: LoadOptions = field(default_factory=LoadOptions)
 
 
@@ -57,3 +61,5 @@ class EngineCore:
     pool: SlotPool
     embeddings: EmbeddingLibrary = field(default_factory=lambda: EmbeddingLibrary(None))
     vaes: VaeLibrary = field(default_factory=lambda: VaeLibrary(None))
+    styles: StyleLibrary = field(default_factory=lambda: StyleLibrary(None))
+    upscalers: UpscalerLibrary = field(default_factory=lambda: UpscalerLibrary(None))

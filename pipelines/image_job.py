@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import preprocess
+from . import hires, preprocess
 from .cache import module_bytes
 from .controlnets import load_controlnet
 from .core import EngineCore
@@ -43,6 +43,7 @@ from .registry import ModelEntry
 from .request import GenerationRequest, check_name, chosen_seed, resolve_defaults, validate
 from .schedulers import build_scheduler, get_spec
 from .slots import DeviceSlot, LoadedModel, lora_scope
+from .styles import expand as expand_styles
 from .tasks import Inputs, check_inputs, crop_inputs, dtype_of, paste_back, task_arguments, task_of
 from .tasks import build as build_task
 from .vaes import AUTOMATIC, load_vae
@@ -93,8 +94,9 @@ class _Made:
 
 
 def image_work(req: GenerationRequest) -> int:
-    """What the work budget counts: width x height x steps x images."""
-    return req.width * req.height * req.num_inference_steps * req.image_count()
+    """What the work budget counts: width x height x steps x images (both hires passes)."""
+    return req.width * req.height * req.num_inference_steps * req.image_count() + (
+        hires.hires_work(req))  # fmt: skip
 
 
 class ImageRunner:
@@ -117,8 +119,10 @@ class ImageRunner:
         if entry.family.kind != "image":
             rule = f"'{name}' is a {entry.family.label} video model; use the video command"
             raise RequestError("model", rule)
-        req = resolve_defaults(request, name, entry.family)
+        request = expand_styles(request, core.styles)  # A1111: the infotext has the result
+        req = hires.normalise(resolve_defaults(request, name, entry.family))
         validate(req, entry.family)
+        hires.check(req, entry.family, task_of(req, inputs or Inputs()), core.upscalers)
         get_spec(req.scheduler, entry.family)  # unknown scheduler -> list of valid ones
         for lora_name, _ in req.loras:
             check_family(core.loras.get(lora_name), entry.family.name, name)
@@ -183,8 +187,9 @@ class ImageRunner:
         task = task_of(req, ready.inputs)
         ti_hashes = {e.name: e.short_hash for e in ready.embeddings}
         vae_hash = None if req.vae is None else self.core.vaes.get(req.vae).short_hash
-        return lambda seed: infotext_for(req, seed, model_hash, lora_hashes, task, cn_hashes,
-                                         ti_hashes, vae_hash)  # fmt: skip
+        return lambda seed: hires.add_to_infotext(
+            infotext_for(req, seed, model_hash, lora_hashes, task, cn_hashes, ti_hashes,
+                         vae_hash), req)  # fmt: skip
 
     def _images(
         self, slot: DeviceSlot, loaded: LoadedModel, req: GenerationRequest, ready: _Ready,
@@ -203,12 +208,16 @@ class ImageRunner:
             self._controlnets(slot, loaded, req) as controlnets,
             self._vae(slot, loaded, req) as vae,
             lora_scope(loaded, ready.loras),
+            ExitStack() as later,
         ):
             maps = [preprocess.run(u.module, inputs.control_images[i], req.width, req.height,
                                    settings.annotators_dir, u.low_threshold,
                                    u.high_threshold, req.seed)
                     for i, u in enumerate(req.controlnets)]  # fmt: skip
             cond = self._condition(loaded, req, task, ready, made)  # once, LoRAs active
+            hr = later.enter_context(hires.second_pass(  # None without hires fix
+                self, slot, loaded, req, cond, vae=vae, ctx=ctx,
+                encode=lambda r: self._condition(loaded, r, "img2img", ready, made)))  # fmt: skip
             for call in range(req.batch_count):
                 if ctx.cancel.cancelled:
                     raise Cancelled("cancelled")
@@ -221,7 +230,8 @@ class ImageRunner:
                 if vae is not None:  # this call's own pipeline object; the cached one keeps its VAE
                     pipe.register_modules(vae=vae)
                 progress = step_callback(family.name, call, req.batch_count, req.height,
-                                         req.width, ctx.on_progress, ctx.cancel,
+                                         req.width, hr.progress.first_pass if hr else
+                                         ctx.on_progress, ctx.cancel,
                                          settings.preview_every)  # fmt: skip
                 callback, tensor_inputs = cond.callback(family.name, progress)
                 args = {**call_arguments(req, family.name, seeds),
@@ -229,10 +239,14 @@ class ImageRunner:
                 del args["prompt"]
                 args.pop("negative_prompt", None)
                 args.update(cond.kwargs)
+                if hr is not None:
+                    args.update(hr.first_pass_arguments())
                 if "width" not in inspect.signature(pipe.__call__).parameters:
                     del args["width"], args["height"]  # img2img: the resized init image's size
                 out = pipe(**args, callback_on_step_end=callback,
                            callback_on_step_end_tensor_inputs=tensor_inputs)  # fmt: skip
+                if hr is not None:  # the hires pass: upscale, then image to image
+                    out.images = hr.run(out.images, seeds, call)
                 if box is not None:
                     out.images = [paste_back(im, whole, box, req.mask_blur) for im in out.images]
                 for image, seed in zip(out.images, seeds, strict=True):

@@ -31,7 +31,9 @@ from .progress import CancelToken, ProgressEvent
 from .registry import ModelEntry, ModelRegistry
 from .request import GenerationRequest
 from .slots import AdapterOptions, DeviceSlot, SlotPool
+from .styles import StyleLibrary
 from .tasks import Inputs
+from .upscale import UpscalerLibrary
 from .vaes import VaeLibrary
 from .video import VideoJob, VideoRequest, VideoResult, VideoRunner
 
@@ -57,8 +59,11 @@ class PipelineManager:
                              self.registry.model_hash)  # fmt: skip
         self.embeddings = EmbeddingLibrary(s.embeddings_dir)
         self.vaes = VaeLibrary(s.vae_dir)
+        self.styles = StyleLibrary(s.styles_file)
+        self.upscalers = UpscalerLibrary(s.upscalers_dir)
         self.core = EngineCore(s, self.registry, self.loras, self.controlnets, self.pool,
-                               self.embeddings, self.vaes)  # fmt: skip
+                               self.embeddings, self.vaes, self.styles,
+                               self.upscalers)  # fmt: skip
         self.jobs = JobQueue(self.pool, Limits(s.queue_size, s.max_jobs_per_user, s.max_work))
         self.images = ImageRunner(self.core)
         self.jobs.register(ImageJob, self.images)

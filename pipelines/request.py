@@ -44,6 +44,7 @@ ALIASES = {
     "cfg": "guidance_scale",
     "cfg_scale": "guidance_scale",
     "negative": "negative_prompt",
+    "denoising_strength": "strength",  # A1111's name (img2img and the hires pass)
 }
 
 
@@ -117,9 +118,25 @@ class GenerationRequest:
     clip_skip: int = 1
     # A VAE of the VAE folder by name (vaes.py); None or "Automatic" = the model's own.
     vae: str | None = None
+    # A1111 styles by name (styles.py), applied in order; the resolved request carries
+    # the expanded prompts and no styles.
+    styles: tuple[str, ...] = field(default_factory=tuple)
+    # Hires fix (hires.py), A1111's field names; its denoising strength is `strength`.
+    enable_hr: bool = False
+    hr_scale: float = 2.0
+    hr_resize_x: int = 0  # 0 = from hr_scale (or from the other side's ratio)
+    hr_resize_y: int = 0
+    hr_upscaler: str = "Latent"
+    hr_second_pass_steps: int = 0  # 0 = the first pass's steps
+    hr_prompt: str = ""  # blank = the prompt
+    hr_negative_prompt: str = ""
+    hr_sampler_name: str | None = None  # None = the first pass's sampler
 
     def __post_init__(self) -> None:
+        from .styles import style_names
+
         object.__setattr__(self, "loras", lora_pairs(self.loras))
+        object.__setattr__(self, "styles", style_names(self.styles))
         units = self.controlnets
         if isinstance(units, (Mapping, str)) or not isinstance(units, Iterable):
             raise RequestError("controlnets", "must be a list of ControlNet units")

@@ -110,6 +110,10 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
             "(A1111 .safetensors; the file name is the prompt word)"),
     Setting("vae_dir", "vae", "folder of VAEs: single .safetensors files and diffusers VAE "
             "folders, chosen per request"),
+    Setting("styles_file", "styles.csv", "A1111 styles file (name,prompt,negative_prompt; "
+            "{prompt} placeholder); styles saved from the studio go here"),
+    Setting("upscalers_dir", "upscalers", "folder of upscaler models (ESRGAN, Real-ESRGAN, "
+            "SwinIR, ... as .safetensors) for hires fix and Extras"),
 )  # fmt: skip
 
 
@@ -174,6 +178,8 @@ def engine_settings(values: Mapping[str, Any]) -> EngineSettings:
         sdxl_clip_l_skip=values["sdxl_clip_l_skip"],
         embeddings_dir=path("embeddings_dir"),
         vae_dir=path("vae_dir"),
+        styles_file=path("styles_file"),
+        upscalers_dir=path("upscalers_dir"),
         load=LoadOptions(
             dtype=values["dtype"],
             attention=values["attention"],
