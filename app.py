@@ -193,7 +193,11 @@ def build_manager(args: argparse.Namespace, server: dict[str, Any] | None = None
 
     values = resolve(ENGINE_SETTINGS, args)
     limits = engine_limits(server) if server else {}
-    return PipelineManager(engine_settings({**values, **limits})), values
+    manager = PipelineManager(engine_settings({**values, **limits}))
+    from pipelines.remote import apply_engine
+
+    apply_engine(manager, values)  # --engine ray: jobs run on Ray Serve replicas
+    return manager, values
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -92,6 +92,15 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
     Setting("flux_base", "", "diffusers Flux folder or Hub id whose text encoders and VAE "
             "go with Flux transformer-only .safetensors files"),
     Setting("preview_every", 0, "live preview every N steps (0 = off)", int),
+    Setting("engine", "local", "where jobs run: local (this process's device slots) or ray "
+            "(the replicas of a Ray Serve app; pipelines/remote.py)"),
+    Setting("ray_address", "auto", "Ray cluster of --engine ray: auto (a local `ray start "
+            "--head`) or ray://host:10001"),
+    Setting("ray_app", "atelier", "name of the Serve application (deploy/serve.yaml)"),
+    Setting("ray_wait_s", 120.0, "most seconds a job waits for a Ray replica to take it "
+            "before it fails", float),
+    Setting("ray_lanes", 0, "jobs sent to Ray at once, the rest wait here in line (0 = "
+            "running replicas at start)", int),
     Setting("lora_mode", "switch", "switch (resident adapters, set per request), fused (fuse "
             "for runs of requests with one LoRA set) or hotswap (for torch.compile)"),
     Setting("lora_cache_count", 16, "LoRA adapters kept loaded per cached model", int),
