@@ -314,11 +314,15 @@ def _out_dir(args: argparse.Namespace, values: dict) -> Path | None:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from pipelines.errors import AtelierError
+    from ui.cli_parallel import parallel_state, run_parallel
 
+    state = parallel_state(args) if args.jobs else None  # torchrun / accelerate launch
     manager, values = build_manager(args)
     out = _out_dir(args, values)
     check_out_dir("out" if args.out else "outputs_dir", out)  # before the work, not after
     if args.jobs:
+        if state is not None:  # this process's share; rank 0 prints every line
+            return run_parallel(state, manager, args.jobs, out)
         return run_jobs(manager, args.jobs, out)
     try:
         request, inputs = _request_from_args(args, manager)

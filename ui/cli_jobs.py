@@ -57,35 +57,47 @@ def run_jobs(manager: PipelineManager, jobs_file: Path, out: Path | None) -> int
     the rest still run. An unreadable jobs file is a RequestError naming `jobs`."""
     from tqdm import tqdm
 
-    from pipelines.errors import AtelierError, RequestError
-    from pipelines.request import GenerationRequest
-
     lines = read_jobs(jobs_file)
     worst = 0
     for n, line in enumerate(tqdm(lines, desc="jobs", unit="job", file=sys.stderr)):
-        task_id = None
+        report, code = run_line(manager, n, line, jobs_file.parent, out)
+        worst = max(worst, code)
+        print(json.dumps(report, ensure_ascii=False), flush=True)
+    return worst
+
+
+def run_line(
+    manager: PipelineManager, n: int, line: str, base: Path, out: Path | None
+) -> tuple[dict, int]:
+    """(result line, exit code) of job `n` of a jobs file (image paths relative to `base`):
+    0 done, 2 bad input, 1 failed. Shared by run_jobs and the data-parallel run."""
+    from pipelines.errors import AtelierError, RequestError
+    from pipelines.request import GenerationRequest
+
+    task_id = None
+    try:
         try:
             data = json.loads(line)
             inputs = None
             if isinstance(data, dict):
                 task_id = data.pop("task_id", None)
-                inputs = inputs_from_job(data, manager, jobs_file.parent)
-            report = {"job": n, "ok": True, **run_one(
-                manager, GenerationRequest.from_dict(data), out, task_id, inputs)}  # fmt: skip
-        except (json.JSONDecodeError, RequestError) as e:
-            field = getattr(e, "field", "job")
-            report = {"job": n, "ok": False, "task_id": task_id, "field": field, "error": str(e)}
-            worst = max(worst, EXIT_BAD_INPUT)
-        except AtelierError as e:
-            report = {"job": n, "ok": False, "task_id": task_id, "error": str(e)}
-            worst = max(worst, 1)
-        except Exception as e:  # a library's failure in one job: logged, the run goes on
-            log.exception("job %d failed", n)
-            report = {"job": n, "ok": False, "task_id": task_id,
-                      "error": f"{type(e).__name__}: {e}"}  # fmt: skip
-            worst = max(worst, 1)
-        print(json.dumps(report, ensure_ascii=False), flush=True)
-    return worst
+                inputs = inputs_from_job(data, manager, base)
+            request = GenerationRequest.from_dict(data)
+        except (json.JSONDecodeError, AtelierError) as e:  # never reached the engine's submit
+            why = e if isinstance(e, AtelierError) else RequestError("job", str(e))
+            manager.refused(task_id if isinstance(task_id, str) else None, why)  # Redis: failed
+            raise
+        return {"job": n, "ok": True, **run_one(manager, request, out, task_id, inputs)}, 0
+    except (json.JSONDecodeError, RequestError) as e:
+        field = getattr(e, "field", "job")
+        return {"job": n, "ok": False, "task_id": task_id, "field": field,
+                "error": str(e)}, EXIT_BAD_INPUT  # fmt: skip
+    except AtelierError as e:
+        return {"job": n, "ok": False, "task_id": task_id, "error": str(e)}, 1
+    except Exception as e:  # a library's failure in one job: logged, the run goes on
+        log.exception("job %d failed", n)
+        return {"job": n, "ok": False, "task_id": task_id,
+                "error": f"{type(e).__name__}: {e}"}, 1  # fmt: skip
 
 
 def read_jobs(jobs_file: Path) -> list[str]:
