@@ -298,6 +298,11 @@ def pixel_parity_arguments(req: Any, seeds: list[int]) -> dict[str, Any]:
     }
 
 
+def planned_total(req: Any) -> int:
+    """Steps of a resolved request's job as planned, over both passes and every call."""
+    return req.batch_count * (req.num_inference_steps + (steps_run(req) if req.enable_hr else 0))
+
+
 @contextmanager
 def second_pass(
     runner: Any, slot: Any, loaded: Any, req: Any, cond: Any, encode: Callable[[Any], Any],

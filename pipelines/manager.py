@@ -34,8 +34,10 @@ from .slots import AdapterOptions, DeviceSlot, SlotPool
 from .styles import StyleLibrary
 from .tasks import Inputs
 from .upscale import UpscalerLibrary
+from .upscale_job import UpscaleJob, UpscaleRunner
 from .vaes import VaeLibrary
 from .video import VideoJob, VideoRequest, VideoResult, VideoRunner
+from .xyz_job import XyzJob, XyzRunner
 
 __all__ = ["EngineSettings", "GenerationResult", "PipelineManager"]
 
@@ -68,6 +70,8 @@ class PipelineManager:
         self.images = ImageRunner(self.core)
         self.jobs.register(ImageJob, self.images)
         self.jobs.register(VideoJob, VideoRunner(self.core))
+        self.jobs.register(UpscaleJob, UpscaleRunner(self.core))  # Extras (upscale_job.py)
+        self.jobs.register(XyzJob, XyzRunner(self.images))  # X/Y/Z plots (xyz_job.py)
 
     @property
     def slots(self) -> list[DeviceSlot]:

@@ -143,6 +143,7 @@ def run_model(
     tile: int = TILE,
     overlap: int = OVERLAP,
     cancelled: Callable[[], bool] = lambda: False,
+    on_tile: Callable[[int, int], None] | None = None,
 ) -> Image.Image:
     """One pass of an upscaler model (its own scale) over `image`, tiled with overlap."""
     from .errors import Cancelled
@@ -156,6 +157,7 @@ def run_model(
     out = np.zeros((h * scale, w * scale, 3), dtype=np.float32)
     weight = np.zeros((h * scale, w * scale, 1), dtype=np.float32)
     ys, xs = _starts(h, tile, overlap), _starts(w, tile, overlap)
+    done = 0
     for y in ys:
         for x in xs:
             if cancelled():
@@ -171,6 +173,9 @@ def run_model(
             Y, X = y * scale, x * scale
             out[Y : Y + th * scale, X : X + tw * scale] += up.numpy() * mask
             weight[Y : Y + th * scale, X : X + tw * scale] += mask
+            done += 1
+            if on_tile is not None:
+                on_tile(done, len(ys) * len(xs))
     pixels = np.clip(out / np.maximum(weight, 1e-8), 0, 1)
     return Image.fromarray((pixels * 255).round().astype(np.uint8), "RGB")
 
@@ -183,6 +188,7 @@ def upscale(
     model: Any = None,
     cancelled: Callable[[], bool] = lambda: False,
     tile: int = TILE,
+    on_tile: Callable[[int, int], None] | None = None,
 ) -> Image.Image:
     """`image` at exactly width x height through `upscaler` (a RESAMPLERS name, or a
     model name with its loaded `model`): the model runs until the image is at least
@@ -195,7 +201,7 @@ def upscale(
     for _ in range(MAX_MODEL_PASSES):
         if image.width >= width and image.height >= height:
             break
-        image = run_model(model, image, tile, cancelled=cancelled)
+        image = run_model(model, image, tile, cancelled=cancelled, on_tile=on_tile)
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
     return image
