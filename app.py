@@ -338,6 +338,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """The studio: settings -> engine (built once) -> UI -> Gradio server (blocks)."""
+    from ui import rest
     from ui.runner import on_zerogpu
     from ui.settings import launch_options, server_values, trusted_proxies
     from ui.studio import build_studio
@@ -355,7 +356,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         manager.preload(manager.settings.default_model)  # outside the GPU function
     demo, assets = build_studio(manager, values["outputs_dir"],
                                 trusted_proxies=trusted_proxies(server))  # fmt: skip
-    demo.launch(**launch_options(server), **assets)
+    rest.launch(demo, {**launch_options(server), **assets}, server)  # + REST APIs with --api
     return 0
 
 

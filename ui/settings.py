@@ -34,6 +34,14 @@ SERVER_SETTINGS: tuple[Setting, ...] = (
     Setting("trusted_proxies", "", "comma-separated addresses of reverse proxies whose "
             "X-Forwarded-For header is believed (the caller is the address it names)"),
     Setting("max_upload_mb", 50, "largest file a browser or API client may upload, in MB", int),
+    Setting("api", False, "also serve the A1111-compatible /sdapi/v1 and OpenAI-compatible "
+            "/v1/images APIs on the studio's port", parse_bool),
+    Setting("api_auth", "", "HTTP Basic logins of the REST APIs: user:password pairs separated "
+            "by commas, or a file (empty = the studio's auth users; neither = open)"),
+    Setting("api_keys", "", "Bearer keys of the OpenAI-compatible API: comma-separated, or a "
+            "file with one key a line (empty = the api_auth/auth logins, else open)"),
+    Setting("api_url_ttl_s", 3600, "seconds an image URL of the OpenAI API stays valid when "
+            "outputs are not uploaded to S3", int),
 )  # fmt: skip
 
 
