@@ -148,13 +148,14 @@ def add_video_parser(sub: Any) -> None:
     )
     vid.add_argument("--out", type=Path, help="folder for the file (default: outputs dir)")
     vid.add_argument("--format", default="mp4", choices=["mp4", "webp", "gif", "frames"])
+    vid.add_argument("--task-id", help="the task's name in Redis and S3 (see --redis-url)")
     vid.add_argument("--json", action="store_true", help="print a JSON object")
 
 
 def cmd_video(args: argparse.Namespace) -> int:
     from pipelines.errors import AtelierError
     from pipelines.export import save_video
-    from pipelines.video import VideoRequest
+    from pipelines.video import VideoJob, VideoRequest
 
     manager, values = build_manager(args)
     out = _out_dir(args, values) or Path("outputs")
@@ -171,15 +172,27 @@ def cmd_video(args: argparse.Namespace) -> int:
             guidance_scale_2=args.cfg2, flow_shift=args.flow_shift, seed=args.seed,
             loras=_lora_pairs(args.lora), lora_experts=args.lora_experts,
         )  # fmt: skip
-        result = manager.generate_video(req, **images)
+    except AtelierError as e:
+        manager.refused(args.task_id, e, kind="video")
+        return _print_error(e)
+    try:
+        job = manager.submit(VideoJob(req, **images), task_id=args.task_id)
+        result = job.result()
         path, sidecar = save_video(result.frames, out, result.request.fps, result.parameters,
                                    fmt=args.format, stem=f"video-{result.seed}")  # fmt: skip
+        meta = {"seed": result.seed, "model": result.request.model}
+        urls = manager.store_files(job, [path, sidecar], meta)  # S3 and Redis, when set
     except AtelierError as e:
         return _print_error(e)
     if args.json:
-        print(json.dumps({"paths": [str(path), str(sidecar)], "seed": result.seed,
-                          "request": result.request.to_dict(),
-                          "seconds": round(result.timings["total"], 3)}))  # fmt: skip
+        report = {"paths": [str(path), str(sidecar)], "seed": result.seed,
+                  "request": result.request.to_dict(),
+                  "seconds": round(result.timings["total"], 3)}  # fmt: skip
+        if manager.reporter is not None or manager.store is not None:
+            report["task_id"] = manager.task_name(job)
+        if manager.store is not None:
+            report["urls"] = urls
+        print(json.dumps(report))
     else:
         print(f"{path}\n{sidecar}")
     return 0
@@ -197,7 +210,22 @@ def build_manager(args: argparse.Namespace, server: dict[str, Any] | None = None
     from pipelines.remote import apply_engine
 
     apply_engine(manager, values)  # --engine ray: jobs run on Ray Serve replicas
+    attach_integrations(manager, values, saves=values["outputs_dir"] != "off" or bool(
+        getattr(args, "out", None)))  # fmt: skip
     return manager, values
+
+
+def attach_integrations(manager: Any, values: dict[str, Any], saves: bool) -> None:
+    """Task status in Redis and outputs to S3 when set (checked now: a wrong bucket stops
+    the start with `error: s3_bucket: ...`); the last states are written at exit."""
+    import atexit
+
+    from pipelines.status import RedisReporter
+    from pipelines.storage import S3Store
+
+    manager.attach(RedisReporter.from_settings(values), S3Store.from_settings(values, saves))
+    if manager.reporter is not None:
+        atexit.register(manager.close, 10)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -325,7 +353,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
             return run_parallel(state, manager, args.jobs, out)
         return run_jobs(manager, args.jobs, out)
     try:
-        request, inputs = _request_from_args(args, manager)
+        try:
+            request, inputs = _request_from_args(args, manager)
+        except AtelierError as e:  # refused before it reached the engine: a failed task
+            manager.refused(args.task_id, e)
+            raise
         report = run_one(manager, request, out, args.task_id, inputs)
     except AtelierError as e:
         return _print_error(e)
@@ -356,7 +388,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         manager.preload(manager.settings.default_model)  # outside the GPU function
     demo, assets = build_studio(manager, values["outputs_dir"],
                                 trusted_proxies=trusted_proxies(server))  # fmt: skip
-    rest.launch(demo, {**launch_options(server), **assets}, server)  # + REST APIs with --api
+    demo.launch(**launch_options(server), **assets)
     return 0
 
 

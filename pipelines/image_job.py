@@ -69,6 +69,7 @@ class GenerationResult:
     timings: dict[str, float]  # seconds: prepare, queue, load, run, total
     paths: list[Path] = field(default_factory=list)  # where the images were saved, if saved
     warnings: list[str] = field(default_factory=list)  # e.g. prompt syntax a model ignores
+    urls: list[str] = field(default_factory=list)  # S3 URLs of `paths`, when uploaded
 
 
 @dataclass(frozen=True)

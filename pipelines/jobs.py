@@ -127,10 +127,14 @@ class Job:
 
     def __init__(self, job_id: str, kind: str, caller: str, prepared: Prepared,
                  token: CancelToken, owner: JobQueue,
-                 on_event: Callable[[JobEvent], None] | None = None) -> None:  # fmt: skip
+                 on_event: Callable[[JobEvent], None] | None = None,
+                 task_id: str | None = None) -> None:  # fmt: skip
         self.id = job_id
         self.kind = kind
         self.caller = caller
+        # The caller's name for the job (Redis status, S3 keys, file names); set before
+        # the job's thread starts, so every listener sees it from the first event.
+        self.task_id = task_id
         self.prepared = prepared
         self.token = token
         self.state = "queued"  # queued | running | done | failed | cancelled
@@ -242,6 +246,10 @@ class JobQueue:
     def register(self, spec_type: type, runner: Runner) -> None:
         self._runners[spec_type] = runner
 
+    def registered(self, spec_type: type) -> Runner | None:
+        """The runner registered for a spec type (to wrap it), or None."""
+        return self._runners.get(spec_type)
+
     def runner_for(self, spec: Any) -> Runner:
         runner = self._runners.get(type(spec))
         if runner is None:
@@ -259,20 +267,27 @@ class JobQueue:
         caller: str = "local",
         cancel: CancelToken | None = None,
         on_event: Callable[[JobEvent], None] | None = None,
+        task_id: str | None = None,
     ) -> Job:
         """Validate, admit and queue a job. Raises RequestError (bad input) or LimitError
         (refused by admission) before anything is queued; later failures end the job
         with an `error` event. `on_event(event)` is called in the job's own thread as
         each event (but the terminal one) happens: a progress callback there runs while
-        the step's state is live (the model locked, the run not yet further)."""
+        the step's state is live (the model locked, the run not yet further).
+        `task_id`: the caller's name for the job (default: the spec's own `task_id`,
+        if it has one); it must match outputs.STEM_RULE (RequestError "task_id")."""
+        from .outputs import check_task_id
+
         runner = self.runner_for(spec)
+        task_id = task_id or getattr(spec, "task_id", None)
+        check_task_id(task_id)
         # 1. validate and resolve (may read folders and hash files: outside the lock)
         prepared = runner.prepare(spec)
         # 2. admission
         with self._lock:
             self._admit(prepared, caller)
             job = Job(f"{next(self._ids)}", runner.kind, caller, prepared, cancel or CancelToken(),
-                      self, on_event)  # fmt: skip
+                      self, on_event, task_id)  # fmt: skip
             self._live[job.id] = job
         # 3. run in the job's own thread (it waits for a slot there)
         threading.Thread(target=self._run, args=(runner, job), name=f"atelier-job-{job.id}",

@@ -14,14 +14,19 @@ of job, peers over the core), core.py (settings and the shared parts).
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import uuid
 from collections.abc import Callable
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from .controlnets import ControlNetLibrary
 from .core import EngineCore, EngineSettings
 from .embeddings import EmbeddingLibrary
+from .errors import AtelierError
 from .families import Family
 from .hub import HubPolicy
 from .image_job import GenerationResult, ImageJob, ImageRunner
@@ -39,7 +44,12 @@ from .vaes import VaeLibrary
 from .video import VideoJob, VideoRequest, VideoResult, VideoRunner
 from .xyz_job import XyzJob, XyzRunner
 
+if TYPE_CHECKING:
+    from .status import RedisReporter
+    from .storage import S3Store
+
 __all__ = ["EngineSettings", "GenerationResult", "PipelineManager"]
+log = logging.getLogger(__name__)
 
 
 class PipelineManager:
@@ -72,6 +82,69 @@ class PipelineManager:
         self.jobs.register(VideoJob, VideoRunner(self.core))
         self.jobs.register(UpscaleJob, UpscaleRunner(self.core))  # Extras (upscale_job.py)
         self.jobs.register(XyzJob, XyzRunner(self.images))  # X/Y/Z plots (xyz_job.py)
+        self.reporter: RedisReporter | None = None  # task status in Redis (attach)
+        self.store: S3Store | None = None  # outputs to S3 (attach)
+
+    # -- production integrations (issue 15) -------------------------------------
+    def attach(self, reporter: RedisReporter | None = None, store: S3Store | None = None) -> None:
+        """Report every job of every front end to Redis (`reporter`, a JobQueue
+        listener) and upload every saved image output to S3 (`store`: the image runner
+        is wrapped, so uploads run in the job's thread before its `result` event, and an
+        upload failure fails the job, its files kept). Call once, before serving."""
+        from .storage import UploadingRunner
+
+        if reporter is not None:
+            self.reporter = reporter
+            self.jobs.add_listener(reporter)
+        if store is not None:
+            self.store = store
+            inner = self.jobs.registered(ImageJob) or self.images  # local, or Ray's remote one
+            if isinstance(inner, UploadingRunner):
+                inner = inner.inner  # attached again: a new store replaces the old one
+            self.jobs.register(ImageJob, UploadingRunner(inner, store, self.task_name))
+
+    def task_name(self, job: Job) -> str:
+        """The name a job's task has in Redis and in S3 keys, to give back to its caller:
+        its task id (namespaced `<caller>:<id>` for remote callers), or a name made
+        unique across processes when it has none."""
+        from .status import task_key
+
+        if self.reporter is not None:
+            return self.reporter.task_name(job)
+        if job.task_id:
+            return task_key(job.task_id, job.caller)
+        return f"{_INSTANCE}-{job.id}"
+
+    def store_files(self, job: Job, paths: list[Path], metadata: dict[str, Any]) -> list[str]:
+        """Files a front end saved after a job's result (a video and its JSON): uploaded
+        when S3 is set (their URLs returned, else their paths) and listed as the task's
+        outputs in Redis. An upload failure marks the task failed and raises
+        StorageError; the files stay where they are."""
+        from .storage import StorageError
+
+        name = self.task_name(job)
+        outputs = [str(p) for p in paths]
+        if self.store is not None:
+            try:
+                outputs = [self.store.upload(p, name, metadata) for p in paths]
+            except StorageError as e:
+                if self.reporter is not None:
+                    self.reporter.fail(name, e)
+                raise
+        if self.reporter is not None:
+            self.reporter.set_outputs(name, outputs)
+        return outputs
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Write the last task states to Redis before the process exits (the writer is
+        a daemon thread); False, with a warning saying so, if Redis did not answer."""
+        if self.reporter is None:
+            return True
+        written = self.reporter.close(timeout)
+        if not written:
+            log.warning("task status not written: Redis at %s did not answer within %g s",
+                        self.reporter.url, timeout)  # fmt: skip
+        return written
 
     @property
     def slots(self) -> list[DeviceSlot]:
@@ -88,10 +161,40 @@ class PipelineManager:
         caller: str = "local",
         cancel: CancelToken | None = None,
         on_event: Callable[[JobEvent], None] | None = None,
+        task_id: str | None = None,
     ) -> Job:
         """Queue a job (ImageJob, VideoJob); see jobs.py. Raises RequestError for bad
-        input and LimitError when admission refuses it, before anything is queued."""
-        return self.jobs.submit(spec, caller, cancel, on_event)
+        input and LimitError when admission refuses it, before anything is queued; with
+        Redis attached, such a refusal is recorded as a failed task naming the field.
+        `task_id` names the task (and an ImageJob's files, unless the spec names them);
+        `task_name(job)` is the name to give back to the caller."""
+        task_id = task_id or getattr(spec, "task_id", None)
+        if task_id and dataclasses.is_dataclass(spec) and getattr(spec, "task_id", 0) is None:
+            spec = dataclasses.replace(spec, task_id=task_id)  # its files get the name too
+        try:
+            return self.jobs.submit(spec, caller, cancel, on_event, task_id)
+        except AtelierError as e:
+            if self.reporter is not None:
+                self.refused(task_id, e, caller, spec)
+            raise
+
+    def refused(self, task_id: str | None, error: BaseException, caller: str = "local",
+                spec: Any = None, kind: str = "image") -> str | None:  # fmt: skip
+        """Record a request refused before it was queued (a bad field, a full queue) as
+        a failed task; its name (None without Redis). Front ends call it for input they
+        reject themselves before `submit` (e.g. an unreadable image file)."""
+        if self.reporter is None:
+            return None
+        from .errors import RequestError
+        from .outputs import check_task_id
+
+        try:
+            check_task_id(task_id)
+        except RequestError:
+            task_id = None  # the id itself is bad: the failure gets a made-up name
+        request = getattr(spec, "request", None)
+        kind = "video" if isinstance(spec, VideoJob) else kind
+        return self.reporter.refused(task_id, error, caller, kind, getattr(request, "model", None))
 
     def status(self) -> dict[str, Any]:
         """Jobs waiting, and what runs on each slot."""
@@ -156,6 +259,9 @@ class PipelineManager:
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no slot runs a job; False if `timeout` seconds passed first."""
         return self.pool.wait_idle(timeout)
+
+
+_INSTANCE = uuid.uuid4().hex[:12]  # names tasks without an id (no Redis)
 
 
 def _follow(job: Job) -> Any:

@@ -123,6 +123,21 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
             "{prompt} placeholder); styles saved from the studio go here"),
     Setting("upscalers_dir", "upscalers", "folder of upscaler models (ESRGAN, Real-ESRGAN, "
             "SwinIR, ... as .safetensors) for hires fix and Extras"),
+    # -- task status in Redis, outputs to S3 (issue 15; pipelines/status.py, storage.py) --
+    Setting("redis_url", "", "Redis URL for task status and progress (redis://host:6379/0, "
+            "rediss:// for TLS); empty = off. Jobs go on when Redis is unreachable"),
+    Setting("redis_ttl_s", 86400, "seconds a task's status hash is kept after its last "
+            "change (0 = kept until deleted)", int),
+    Setting("s3_bucket", "", "S3 bucket every saved output (PNG, video, JSON) is uploaded "
+            "to; empty = off. Credentials come only from the AWS chain (env, ~/.aws, "
+            "instance role). Needs outputs_dir (or --out): uploads are of saved files"),
+    Setting("s3_prefix", "", "key prefix of uploaded outputs: <prefix>/<task>/<file>"),
+    Setting("s3_endpoint_url", "", "S3-compatible server (MinIO, R2, Ceph), e.g. "
+            "http://minio:9000; empty = AWS"),
+    Setting("s3_region", "", "S3 region; empty = the AWS chain's (AWS_DEFAULT_REGION, "
+            "~/.aws/config)"),
+    Setting("s3_presign_seconds", 0, "give presigned GET URLs of uploaded outputs valid this "
+            "many seconds (0 = plain object URLs)", int),
 )  # fmt: skip
 
 

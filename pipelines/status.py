@@ -118,6 +118,19 @@ class RedisReporter:
         self._thread = threading.Thread(target=self._write_loop, name="atelier-redis", daemon=True)
         self._thread.start()
 
+    @classmethod
+    def from_settings(cls, values: dict[str, Any]) -> RedisReporter | None:
+        """The reporter the settings ask for (`redis_url`, `redis_ttl_s`), or None when
+        redis_url is empty. A URL redis-py cannot read is a RequestError naming
+        `redis_url`; an unreachable server is not an error (jobs go on; one warning)."""
+        url = str(values.get("redis_url") or "").strip()
+        if not url:
+            return None
+        try:
+            return cls(url, int(values.get("redis_ttl_s", 86400)))
+        except ValueError as e:
+            raise RequestError("redis_url", f"{e} (e.g. redis://127.0.0.1:6379/0)") from None
+
     # -- names -----------------------------------------------------------------
     def task_name(self, job: Any) -> str:
         """The task name of `job`: its caller's task id (see task_key) if the job

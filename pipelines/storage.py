@@ -114,6 +114,31 @@ class S3Store:
         )
         self.client = self._session.client("s3", endpoint_url=self.endpoint_url, config=config)
 
+    @classmethod
+    def from_settings(cls, values: dict[str, Any], saves: bool = True) -> S3Store | None:
+        """The store the settings ask for (`s3_*`), checked now (start-up), or None when
+        s3_bucket is empty. Any problem is a RequestError naming `s3_bucket` with one
+        line saying what to fix: a missing bucket, no access, no credentials, or
+        `saves` False (nothing is saved to upload: outputs_dir off and no --out)."""
+        from .errors import RequestError
+
+        bucket = str(values.get("s3_bucket") or "").strip()
+        if not bucket:
+            return None
+        if not saves:
+            raise RequestError("s3_bucket", "uploads saved outputs, but outputs_dir is off: "
+                               "set outputs_dir (or --out) or leave s3_bucket empty")  # fmt: skip
+        try:
+            store = cls(bucket, str(values.get("s3_prefix") or ""),
+                        values.get("s3_endpoint_url") or None, values.get("s3_region") or None,
+                        int(values.get("s3_presign_seconds") or 0))  # fmt: skip
+            store.check()
+        except StorageError as e:
+            raise RequestError("s3_bucket", str(e)) from None
+        except ValueError as e:  # e.g. an endpoint URL botocore cannot read
+            raise RequestError("s3_endpoint_url", str(e)) from None
+        return store
+
     def __repr__(self) -> str:  # never the credentials
         return f"S3Store({self.bucket!r}, prefix={self.prefix!r}, endpoint={self.where})"
 

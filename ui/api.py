@@ -103,6 +103,9 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
                                      "1 = last (A1111's meaning); blank = 1"),
             "vae": gr.Textbox("", label="vae: a VAE of the server's VAE folder by name, e.g. "
                               "'sdxl_vae.safetensors'; blank = Automatic (the model's own)"),
+            "task_id": gr.Textbox("", label="task_id: your name for this task (letters, digits, "
+                                  "._-); names its files; with Redis on, /task tells its "
+                                  "status; blank = a name is made"),
         }  # fmt: skip
         # Short labels: view_api prints an output's label as its name.
         images = gr.File(file_count="multiple", label="images")
@@ -133,6 +136,7 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
             inpaint_padding: float | None = None,
             clip_skip: float | None = None,
             vae: str = "",
+            task_id: str = "",
             request: gr.Request = None,  # type: ignore[assignment]
             progress: gr.Progress = gr.Progress(),  # noqa: B008
         ) -> Iterator[tuple[Any, Any, Any]]:
@@ -155,6 +159,7 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
                     request_from_widgets(values),
                     api_images(init_image, mask_image, control_images, pixels).inputs(),
                     save_to=ctx.store.outputs_dir,  # each image saved as it is decoded
+                    task_id=task_id or None,  # checked by the engine (field task_id)
                 )
             yield from endpoint_stream(ctx.manager, job, ctx.caller(request), publish, 3, progress)
 
@@ -202,7 +207,44 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
         pre_trigger.click(preprocess, pre_inputs, control_map, api_name="preprocess",
                           api_description=PREPROCESS_DESCRIPTION, show_progress="hidden",
                           **PREPROCESS_GROUP)  # fmt: skip
+        task_inputs = [gr.Textbox("", label="task_id: the task_id you gave /generate (or "
+                                  "the task's full name, as /task returns it)")]  # fmt: skip
+        task_state = gr.JSON(label="task")
+        task_trigger = gr.Button()
+
+        def task(task_id: str, request: gr.Request = None) -> dict[str, Any]:  # type: ignore
+            return task_status(ctx, task_id, request)
+
+        task_trigger.click(task, task_inputs, task_state, api_name="task",
+                           api_description=TASK_DESCRIPTION, show_progress="hidden",
+                           queue=False)  # fmt: skip
     return blocks
+
+
+TASK_DESCRIPTION = (
+    "The status of one of your tasks, as the server keeps it in Redis (needs the server's "
+    "redis_url): task (its name there: <you>:<task_id>), status (queued, running, done, "
+    "failed, cancelled), progress 0..1, step, total, outputs (S3 URLs when S3 is set, "
+    "else file paths), error, error_field. Only your own tasks are found."
+)
+
+
+def task_status(ctx: StudioContext, task_id: str, request: gr.Request | None) -> dict[str, Any]:
+    """The caller's own task as this server last knew it (the same fields as its Redis
+    hash). The name is namespaced by the caller, so nobody reads another's task."""
+    from pipelines.status import task_key
+
+    reporter = ctx.manager.reporter
+    if reporter is None:
+        raise gr.Error("task status needs Redis: start the server with --redis-url")
+    caller = ctx.caller(request)
+    given = (task_id or "").strip()
+    prefix = f"{caller}:"
+    name = given if given.startswith(prefix) else task_key(given, caller)
+    state = reporter.state(name) if given else None
+    if state is None:
+        raise gr.Error(f"task_id: no task {given!r} of yours on this server")
+    return {"task": name, **state}
 
 
 if __name__ == "__main__":  # python -m ui.api: the API alone, without the studio page

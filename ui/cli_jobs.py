@@ -35,10 +35,13 @@ def run_one(
 
     # Each image is saved by the engine as soon as its call is decoded.
     job = ImageJob(request, inputs or Inputs(), save_to=out, task_id=task_id)
-    result = manager.submit(job).result()
+    handle = manager.submit(job)
+    result = handle.result()
     paths = result.paths
+    integrated = manager.reporter is not None or manager.store is not None
     out_json = {
-        "task_id": task_id,
+        # with Redis or S3 on, the task's name there (made up when none was given)
+        "task_id": manager.task_name(handle) if integrated else task_id,
         "paths": [str(p) for p in paths],
         "seeds": result.seeds,
         "infotexts": result.infotexts,
@@ -49,6 +52,8 @@ def run_one(
         log.warning("%s", warning)
     if result.warnings:
         out_json["warnings"] = list(result.warnings)
+    if manager.store is not None:
+        out_json["urls"] = list(result.urls)  # the S3 objects of `paths`, in order
     return out_json
 
 
