@@ -388,7 +388,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         manager.preload(manager.settings.default_model)  # outside the GPU function
     demo, assets = build_studio(manager, values["outputs_dir"],
                                 trusted_proxies=trusted_proxies(server))  # fmt: skip
-    demo.launch(**launch_options(server), **assets)
+    rest.launch(demo, {**launch_options(server), **assets}, server)  # + REST APIs with --api
     return 0
 
 
