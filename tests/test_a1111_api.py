@@ -342,3 +342,53 @@ def test_task_id_reaches_the_engine(server, events):
     assert jobs[-1].task_id == "my-task"
     r = post(server, "txt2img", {**BASE, "force_task_id": "../x"})
     assert r.status_code == 422 and r.json()["field"] == "force_task_id"
+
+
+def test_settings_give_the_logins_keys_and_body_limit(tmp_path):
+    from app import build_parser
+    from ui.rest import rest_config
+    from ui.settings import server_values
+
+    keys = tmp_path / "keys.txt"
+    keys.write_text("# keys\nsk-one\nsk-two\n")
+    args = build_parser().parse_args(["serve", "--api", "true", "--api-auth", "ann:pw,bob:x:y",
+                                      "--max-upload-mb", "3"])  # fmt: skip
+    values = server_values(args, {"ATELIER_API_KEYS": str(keys)})
+    config = rest_config(values)
+    assert values["api"] is True and config.users == {"ann": "pw", "bob": "x:y"}
+    assert config.api_keys == {"sk-one", "sk-two"}
+    assert config.max_body == 4 * 2**20 + 2**20  # 3 MB of file as base64, plus 1 MB
+    studio_users = rest_config(server_values(build_parser().parse_args(["--auth", "eve:z"]), {}))
+    assert studio_users.users == {"eve": "z"} and not studio_users.api_keys
+
+
+def test_app_serve_api_mounts_the_routes(cache_root):
+    import os
+    import subprocess
+    import sys
+
+    from tests.ui_support import free_port
+
+    port = free_port()
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "app.py", "--cache-dir", str(cache_root), "--devices", "cpu",
+           "--outputs-dir", "off", "--models-dir", str(cache_root / "none"), "--log-level",
+           "INFO", "serve", "--api", "true", "--api-auth", "ann:pw",
+           "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    try:
+        seen = []
+        for line in proc.stdout:  # logged once the routes are added
+            seen.append(line)
+            if "REST APIs ready" in line:
+                break
+        else:
+            pytest.fail("the server never listened:\n" + "".join(seen))
+        url = f"http://127.0.0.1:{port}/sdapi/v1/sd-models"
+        assert requests.get(url, timeout=60).status_code == 401
+        r = requests.get(url, auth=("ann", "pw"), timeout=60)
+        assert r.status_code == 200 and "tiny-sd" in [m["title"] for m in r.json()]
+    finally:
+        proc.terminate()
+        proc.wait(30)

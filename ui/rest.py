@@ -276,4 +276,6 @@ def launch(demo: Any, launch_kwargs: dict[str, Any], server: Mapping[str, Any]) 
                     "anyone who reaches it may generate through the REST APIs")  # fmt: skip
     demo.launch(**{**launch_kwargs, "prevent_thread_lock": True})
     mount(demo.app, demo.atelier_context, config)
+    log.info("REST APIs ready: %ssdapi/v1 (A1111) and %sv1/images (OpenAI)", demo.local_url,
+             demo.local_url)  # fmt: skip
     demo.block_thread()
