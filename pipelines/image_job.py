@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from . import hires, preprocess
+from . import hires, placement, preprocess
 from .cache import module_bytes
 from .controlnets import load_controlnet
 from .core import EngineCore
@@ -69,6 +69,7 @@ class GenerationResult:
     timings: dict[str, float]  # seconds: prepare, queue, load, run, total
     paths: list[Path] = field(default_factory=list)  # where the images were saved, if saved
     warnings: list[str] = field(default_factory=list)  # e.g. prompt syntax a model ignores
+    placement: str = "whole"  # where the model's components lived (pipelines/placement.py)
     urls: list[str] = field(default_factory=list)  # S3 URLs of `paths`, when uploaded
 
 
@@ -92,6 +93,7 @@ class _Made:
     infotexts: list[str] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    placement: str = "whole"
 
 
 def image_work(req: GenerationRequest) -> int:
@@ -171,7 +173,8 @@ class ImageRunner:
             self._images(slot, loaded, req, ready, ctx, made)
         timings["total"] = time.perf_counter() - ready.t0
         return GenerationResult(req, made.images, made.seeds, made.infotexts, slot.name,
-                                timings, made.paths, made.warnings)  # fmt: skip
+                                timings, made.paths, made.warnings,
+                                placement=made.placement)  # fmt: skip
 
     def _embeddings(self, req: GenerationRequest, entry: ModelEntry) -> list[EmbeddingEntry]:
         family = entry.family.name
@@ -199,7 +202,10 @@ class ImageRunner:
         family = loaded.entry.family
         settings = self.core.settings
         job = ready.job
-        infotext = self._describe(req, ready, loaded.model_hash)
+        placed = placement.placement_for(self.core.pool, slot, loaded.entry)
+        made.placement = str(placed)
+        described = self._describe(req, ready, loaded.model_hash)
+        infotext = lambda seed: placement.with_placement(described(seed), placed)  # noqa: E731
         whole = inputs = ready.inputs
         task = task_of(req, inputs)
         box = None
@@ -215,7 +221,8 @@ class ImageRunner:
                                    settings.annotators_dir, u.low_threshold,
                                    u.high_threshold, req.seed)
                     for i, u in enumerate(req.controlnets)]  # fmt: skip
-            cond = self._condition(loaded, req, task, ready, made)  # once, LoRAs active
+            with placement.encoding(loaded.pipeline, placed, slot.device):  # staged: encoders in
+                cond = self._condition(loaded, req, task, ready, made)  # once, LoRAs active
             hr = later.enter_context(hires.second_pass(  # None without hires fix
                 self, slot, loaded, req, cond, vae=vae, ctx=ctx,
                 encode=lambda r: self._condition(loaded, r, "img2img", ready, made)))  # fmt: skip
@@ -230,6 +237,7 @@ class ImageRunner:
                     pipe = build_task(loaded.pipeline, family.name, task, scheduler, controlnets)
                 if vae is not None:  # this call's own pipeline object; the cached one keeps its VAE
                     pipe.register_modules(vae=vae)
+                placement.without_text_encoders(pipe, placed)  # staged: embeddings only
                 progress = step_callback(family.name, call, req.batch_count, req.height,
                                          req.width, hr.progress.first_pass if hr else
                                          ctx.on_progress, ctx.cancel,

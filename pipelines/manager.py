@@ -32,10 +32,11 @@ from .hub import HubPolicy
 from .image_job import GenerationResult, ImageJob, ImageRunner
 from .jobs import Job, JobEvent, JobQueue, Limits
 from .loras import LoraLibrary
+from .placement import PlacingPool
 from .progress import CancelToken, ProgressEvent
 from .registry import ModelEntry, ModelRegistry
 from .request import GenerationRequest
-from .slots import AdapterOptions, DeviceSlot, SlotPool
+from .slots import AdapterOptions, DeviceSlot
 from .styles import StyleLibrary
 from .tasks import Inputs
 from .upscale import UpscalerLibrary
@@ -67,7 +68,7 @@ class PipelineManager:
         self.controlnets = ControlNetLibrary(s.controlnets_dir, s.cache_root, s.allow_hub, policy)
         adapters = AdapterOptions(s.lora_mode, s.lora_cache_count, s.lora_cache_mb * 2**20,
                                   s.lora_hotswap_rank)  # fmt: skip
-        self.pool = SlotPool(s.devices, s.cache_budget_mb, s.load, adapters,
+        self.pool = PlacingPool(s.devices, s.cache_budget_mb, s.load, adapters,
                              self.registry.model_hash)  # fmt: skip
         self.embeddings = EmbeddingLibrary(s.embeddings_dir)
         self.vaes = VaeLibrary(s.vae_dir)

@@ -113,7 +113,7 @@ def finished(ctx: StudioContext, result: Any, old_history: list) -> dict[str, An
         "preview": gr.Image(None, visible=False),
         "history": new_history,
         "history_items": new_history,
-        "status": done_text(len(paths), result.slot, getattr(result, "warnings", [])),
+        "status": done_text(len(paths), f"{result.slot} ({result.placement})", result.warnings),
     }
 
 
