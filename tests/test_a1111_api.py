@@ -392,3 +392,16 @@ def test_app_serve_api_mounts_the_routes(cache_root):
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_readme_example_runs(server, capsys):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```python\n(import base64\n.*?/sdapi/v1/txt2img.*?)```", readme, re.S)
+    assert block, "README has no A1111 API example"
+    code = block.group(1).replace("http://127.0.0.1:7860", server.base)
+    code = code.replace('("user", "password")', repr(ANN))
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "[42] (64, 64)" in out and 'ControlNet 0: "Module: canny' in out

@@ -161,3 +161,17 @@ def test_admission_is_a_rate_limit_error_per_key(server, client):
     finally:
         held.cancel()
         jobs.limits = limits
+
+
+def test_readme_example_runs(server, capsys):
+    import re
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = re.search(r"```python\n(import base64\n[^`]*?from openai import OpenAI.*?)```",
+                      readme, re.S)  # fmt: skip
+    assert block, "README has no OpenAI API example"
+    code = block.group(1).replace("http://127.0.0.1:7860", server.base)
+    code = code.replace('"sk-my-key"', repr(KEY))
+    exec(compile(code, "README.md", "exec"), {})
+    out = capsys.readouterr().out
+    assert "(64, 64)" in out and f"{server.base}/v1/images/files/" in out
