@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ui import cli_xyz
 from ui.cli_jobs import (
     EXIT_BAD_INPUT,
     check_out_dir,
@@ -83,11 +84,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     # -- end prompt encoding and VAE --
     add_image_arguments(gen)
+    cli_xyz.add_generate_arguments(gen)  # --style, hires fix (issue 14)
     gen.add_argument("--out", type=Path, help="folder for the PNGs (default: outputs dir)")
     gen.add_argument("--task-id", help="name the files <task-id>-<n>.png and echo it in --json")
     gen.add_argument("--jobs", type=Path, help="JSON-lines file of requests, one per line")
     gen.add_argument("--json", action="store_true", help="print a JSON object per request")
     add_video_parser(sub)
+    cli_xyz.add_parsers(sub)  # upscale, xyz (issue 14)
     conv = sub.add_parser("convert", help="rewrite a pickled .ckpt/.pt/.bin/.pth as .safetensors")
     conv.add_argument("file", type=Path, help="the pickled checkpoint (loaded weights-only)")
     conv.add_argument("--out", type=Path, help="output file (default: FILE with .safetensors)")
@@ -330,6 +333,7 @@ def _request_from_args(args: argparse.Namespace, manager: PipelineManager) -> An
         vae=args.vae,
         controlnets=units,
         **image_options,
+        **cli_xyz.generate_options(args),
     )
     return request, inputs
 
@@ -422,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_video(args)
         if args.command == "convert":
             return cmd_convert(args)
+        if args.command in cli_xyz.COMMANDS:
+            return cli_xyz.run(args, build_manager, _lora_pairs)
         return cmd_serve(args)  # no subcommand, or "serve"
     except RequestError as e:
         return _print_error(e)

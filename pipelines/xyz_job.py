@@ -46,7 +46,7 @@ class XyzJob:
     inputs: Inputs = field(default_factory=Inputs)
     save_to: Path | None = None  # cells and grids saved there as they are made
     task_id: str | None = None  # cell n: <task_id>-<n>-<image>.png; grids <task_id>-grid-<k>.png
-    keep_cells: bool = True  # False: the result holds the grids only (cells still saved)
+    keep_cells: bool = True  # False: grids only (cells neither kept nor saved)
 
 
 @dataclass
@@ -127,7 +127,7 @@ class XyzRunner:
         cells, prepared, positions = plot_cells(base, list(axes)), [], []
         for n, cell in enumerate(cells):
             task = None if job.task_id is None else f"{job.task_id}-{n}"
-            spec = ImageJob(cell.request, job.inputs, job.save_to, task)
+            spec = ImageJob(cell.request, job.inputs, job.save_to if job.keep_cells else None, task)
             try:
                 prepared.append(self.images.prepare(spec))
             except RequestError as e:
