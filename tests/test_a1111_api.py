@@ -340,6 +340,8 @@ def test_task_id_reaches_the_engine(server, events):
     r = post(server, "txt2img", {**BASE, "force_task_id": "my-task"})
     assert r.status_code == 200, r.text
     assert jobs[-1].task_id == "my-task"
+    if hasattr(server.manager, "task_name"):  # Redis/S3 name: namespaced by the caller
+        assert server.manager.task_name(jobs[-1]) == "user:ann:my-task"
     r = post(server, "txt2img", {**BASE, "force_task_id": "../x"})
     assert r.status_code == 422 and r.json()["field"] == "force_task_id"
 
@@ -405,3 +407,45 @@ def test_readme_example_runs(server, capsys):
     exec(compile(code, "README.md", "exec"), {})
     out = capsys.readouterr().out
     assert "[42] (64, 64)" in out and 'ControlNet 0: "Module: canny' in out
+
+
+def test_hires_fix_and_styles_pass_through_to_the_engine(server):
+    from dataclasses import fields
+
+    from pipelines.request import GenerationRequest
+
+    if "enable_hr" not in {f.name for f in fields(GenerationRequest)}:
+        pytest.skip("this engine has no hires fix")
+    hires = {"enable_hr": True, "hr_scale": 2, "hr_upscaler": "Latent",
+             "hr_second_pass_steps": 2, "denoising_strength": 0.5}  # fmt: skip
+    r = post(server, "txt2img", {**BASE, **hires})
+    assert r.status_code == 200, r.text
+    expected = engine_images(server, enable_hr=True, hr_scale=2.0, hr_upscaler="Latent",
+                             hr_second_pass_steps=2, strength=0.5)  # fmt: skip
+    made = decoded(r.json()["images"][0])
+    assert made.size == (128, 128) and same(made, expected.images[0])
+    r = post(server, "txt2img", {**BASE, **hires, "hr_checkpoint_name": "other"})
+    assert r.status_code == 422 and r.json()["field"] == "hr_checkpoint_name"
+    r = post(server, "txt2img", {**BASE, "styles": ["no-such-style"]})
+    assert r.status_code == 422 and r.json()["field"] == "styles"
+
+
+def test_a_client_that_goes_away_cancels_its_job(server, events):
+    import socket
+
+    started, jobs = wait_for(events, "user:ann", "progress")
+    ended, _ = wait_for(events, "user:ann", "cancelled")
+    body = json.dumps({**BASE, "steps": 150, "n_iter": 50}).encode()
+    auth = base64.b64encode(b"%s:%s" % (ANN[0].encode(), ANN[1].encode())).decode()
+    host, port = server.base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(b"POST /sdapi/v1/txt2img HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nAuthorization: Basic "
+                     + auth.encode() + b"\r\nContent-Length: " + str(len(body)).encode()
+                     + b"\r\n\r\n" + body)  # fmt: skip
+        assert started.wait(60), "the job never started"
+    try:
+        assert ended.wait(60), "the job went on after its client left"
+    finally:
+        for job in jobs:
+            job.cancel()

@@ -145,14 +145,16 @@ def controlnet_modules() -> list[str]:
 
 
 def upscalers(manager: Any) -> list[dict[str, Any]]:
-    """A1111's "None" entry, then the models of the engine's upscalers folder, if any."""
-    out: list[dict[str, Any]] = [{"name": "None", "model_name": None, "model_path": None,
-                                  "model_url": None, "scale": 4}]  # fmt: skip
+    """A1111's "None", the pixel resamplers, then the models of the upscalers folder."""
+    try:
+        from pipelines.upscale import RESAMPLERS  # where the engine has upscaling
+    except ImportError:
+        RESAMPLERS = ()  # noqa: N806
     library = getattr(manager, "upscalers", None)
-    for name in library.names() if library is not None else []:
-        out.append({"name": name, "model_name": name, "model_path": None, "model_url": None,
-                    "scale": None})  # fmt: skip
-    return out
+    models = library.names() if library is not None else []
+    return [{"name": name, "model_name": name if name in models else None, "model_path": None,
+             "model_url": None, "scale": 4 if name == "None" else None}
+            for name in dict.fromkeys(["None", *RESAMPLERS, *models])]  # fmt: skip
 
 
 def latent_upscale_modes() -> list[dict[str, str]]:
