@@ -21,11 +21,11 @@ EXTRA = {"seed": 5, "steps": 2, "cfg_scale": 7, "scheduler": "Euler a"}
 
 
 @pytest.fixture(scope="module")
-def server(cache_root: Path) -> Iterator[Any]:
+def server(cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     from tests.ui_support import launched_studio
     from ui.rest import RestConfig, mount
 
-    with launched_studio(cache_root, "off") as demo:
+    with launched_studio(cache_root, tmp_path_factory.mktemp("outputs")) as demo:
         mount(demo.app, demo.atelier_context, RestConfig(api_keys=frozenset({KEY, OTHER_KEY})))
         demo.base = demo.test_url.rstrip("/")
         demo.manager = demo.atelier_context.manager
@@ -87,6 +87,37 @@ def test_url_links_serve_the_same_png_and_expire(server, client):
     token = links.add(Path(__file__), now=1000.0)
     assert links.get(token, now=1059.0) == Path(__file__)
     assert links.get(token, now=1060.0) is None  # expired
+
+
+def test_url_points_at_the_s3_object_when_outputs_go_to_s3(server, client, monkeypatch, tmp_path):
+    boto3 = pytest.importorskip("boto3")
+    from pipelines.image_job import ImageJob
+    from pipelines.storage import S3Store, UploadingRunner
+    from tests.servers import moto_s3_server
+
+    for name, value in (("AWS_ACCESS_KEY_ID", "testing-key"),
+                        ("AWS_SECRET_ACCESS_KEY", "testing-secret"),
+                        ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_EC2_METADATA_DISABLED", "true"),
+                        ("AWS_CONFIG_FILE", str(tmp_path / "none")),
+                        ("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))):  # fmt: skip
+        monkeypatch.setenv(name, value)
+    manager = server.manager
+    with moto_s3_server() as endpoint:
+        boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="atelier-out")
+        store = S3Store("atelier-out", endpoint_url=endpoint, region="us-east-1",
+                        presign_seconds=300)  # fmt: skip
+        manager.jobs.register(ImageJob, UploadingRunner(manager.images, store, manager.task_name))
+        try:
+            out = client.images.generate(prompt="a red fox", size="64x64",
+                                         response_format="url", extra_body=EXTRA)  # fmt: skip
+        finally:
+            manager.jobs.register(ImageJob, manager.images)
+        url = out.data[0].url
+        assert url.startswith(endpoint + "/atelier-out/") and "X-Amz-Signature=" in url, url
+        r = requests.get(url, timeout=30)
+        assert r.status_code == 200
+    image = Image.open(io.BytesIO(r.content))
+    assert np.array_equal(pixels(image), pixels(engine_images(server).images[0]))
 
 
 def test_edits_convert_openais_transparent_mask(server, client):
