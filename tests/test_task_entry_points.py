@@ -30,7 +30,7 @@ from pipelines.errors import LimitError, RequestError
 from pipelines.jobs import Limits
 from pipelines.status import RedisReporter
 from pipelines.storage import S3Store, StorageError
-from tests.servers import IN_CI, REDIS_SERVER, moto_s3_server, redis_server
+from tests.servers import IN_CI, REDIS_SERVER, free_port, moto_s3_server, redis_server
 
 if not Path(REDIS_SERVER).exists():
     if IN_CI:  # .ci/run installs it; missing there is a failure
@@ -232,6 +232,37 @@ def test_the_cli_reports_its_task_and_uploads_and_jobs_files_too(
     assert bad["status"] == "failed" and bad["error_field"] == "width", bad
     missing = db.hgetall("atelier:task:j-file")
     assert missing["status"] == "failed" and missing["error_field"] == "init_image", missing
+
+
+def test_a_video_is_uploaded_and_a_missing_redis_loses_no_output(
+    cache_root, server, endpoint, bucket, db, tmp_path
+):
+    s3 = ["--s3-bucket", bucket, "--s3-endpoint-url", endpoint, "--s3-region", "us-east-1"]
+    video = cli(cache_root, tmp_path, "--redis-url", server.url, *s3, "video", "--prompt",
+                "a wave", "--frames", "5", "--width", "32", "--height", "32", "--steps", "2",
+                "--seed", "4", "--task-id", "clip-1", "--out", str(tmp_path / "v"),
+                "--json")  # fmt: skip
+    nowhere = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    lonely = cli(cache_root, tmp_path, "--redis-url", nowhere, "generate", "--prompt", "alone",
+                 "--steps", "2", "--width", "64", "--height", "64", "--task-id", "alone-1",
+                 "--out", str(tmp_path / "alone"), "--json")  # fmt: skip
+    out, err = video.communicate(timeout=300)
+    assert video.returncode == 0, err
+    report = json.loads(out)
+    mp4, sidecar = (Path(p) for p in report["paths"])
+    assert report["task_id"] == "clip-1"
+    assert report["urls"] == [f"{endpoint}/{bucket}/clip-1/{p.name}" for p in (mp4, sidecar)]
+    obj = stored(endpoint, bucket, f"clip-1/{mp4.name}")
+    assert obj["ContentType"] == "video/mp4" and obj["Body"].read() == mp4.read_bytes()
+    assert obj["Metadata"] == {"task-id": "clip-1", "seed": "4", "model": "tiny-wan"}
+    assert stored(endpoint, bucket, f"clip-1/{sidecar.name}")["ContentType"] == "application/json"
+    h = db.hgetall("atelier:task:clip-1")
+    assert h["status"] == "done" and h["kind"] == "video", h
+    assert json.loads(h["outputs"]) == report["urls"]
+    out, err = lonely.communicate(timeout=300)
+    assert lonely.returncode == 0, err
+    assert Path(json.loads(out)["paths"][0]).is_file(), "the job ran and its file is kept"
+    assert "unreachable" in err and "task status not written" in err, err
 
 
 # -- the studio, driven by gradio_client -------------------------------------------
