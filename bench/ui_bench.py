@@ -10,7 +10,9 @@ Debian's chromium with Playwright, and measures, in one run:
 2. UI round trip: click "Random" (a server event outside the GPU group) until
    the seed box shows -1, idle vs during a long generation, median; the ratio
    says how much a running generation slows the rest of the UI;
-3. page load during a generation (a second user opening the studio).
+3. page load during a generation (a second user opening the studio);
+4. page load on a phone (390x844, touch, mobile user agent), until Generate and the
+   result area are visible; the baseline is the desktop load of the same run.
 Results are printed as a table and appended to bench/RESULTS.md.
 """
 
@@ -47,12 +49,21 @@ def median_ms(fn: Callable[[], float], reps: int) -> float:
     return statistics.median(fn() for _ in range(reps)) * 1000
 
 
-def page_load(browser: Any, url: str) -> float:
-    context = browser.new_context()
+PHONE = {
+    "viewport": {"width": 390, "height": 844},
+    "is_mobile": True,
+    "has_touch": True,
+    "device_scale_factor": 3,
+}
+
+
+def page_load(browser: Any, url: str, **context_options: Any) -> float:
+    context = browser.new_context(**context_options)
     page = context.new_page()
     t0 = time.perf_counter()
     page.goto(url)
     page.locator("#atelier-generate").wait_for(state="visible")
+    page.locator("#atelier-gallery").wait_for(state="visible")
     elapsed = time.perf_counter() - t0
     context.close()
     return elapsed
@@ -99,6 +110,7 @@ def main() -> int:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
             page_load(browser, url)  # warm-up: first compile of the frontend's bundles
             load_idle = median_ms(lambda: page_load(browser, url), args.reps)
+            load_phone = median_ms(lambda: page_load(browser, url, **PHONE), args.reps)
             page = browser.new_page()
             page.goto(url)
             rt_idle = median_ms(lambda: round_trip(page), args.reps)
@@ -115,6 +127,8 @@ def main() -> int:
         print("warning: the generation ended before the busy measurements did", file=sys.stderr)
     rows = [
         ("page load, idle (median)", f"{load_idle:.0f} ms", "goal < 2000 ms", ""),
+        ("page load on a phone (390x844, idle)", f"{load_phone:.0f} ms",
+         f"{load_idle:.0f} ms desktop", f"{load_phone / load_idle:.2f}"),
         ("page load during a generation", f"{load_busy:.0f} ms", f"{load_idle:.0f} ms",
          f"{load_busy / load_idle:.2f}"),
         ("UI round trip (Random seed), during a generation", f"{rt_busy:.0f} ms",
