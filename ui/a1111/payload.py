@@ -9,7 +9,7 @@ No silent fallbacks: a field A1111 clients send at its neutral value (`enable_hr
 false`, `restore_faces: false`, `eta`...) is accepted; the same field asking for
 something Atelier does not do (`enable_hr: true`, `tiling: true`, a `script_name`) is
 a 422 naming the field. Engine errors name the engine's field: `a1111_field` turns it
-back into the A1111 name the client sent.
+back into the A1111 name the client sent. ControlNet units: units.py.
 """
 
 from __future__ import annotations
@@ -213,6 +213,7 @@ def parse(body: Any, img2img: bool, manager: Any, options: Mapping[str, Any]) ->
     /sdapi/v1/options (sd_model_checkpoint, sd_vae, CLIP_stop_at_last_layers)."""
     from pipelines.request import GenerationRequest
     from pipelines.tasks import Inputs
+    from ui.a1111.units import controlnet_units, resize_controls  # (units imports this module)
 
     if not isinstance(body, Mapping):
         raise RequestError("body", "must be a JSON object")
@@ -247,7 +248,7 @@ def parse(body: Any, img2img: bool, manager: Any, options: Mapping[str, Any]) ->
         batch_count=body.get("n_iter", 1),
         clip_skip=settings.get("CLIP_stop_at_last_layers", 1) or 1,
         vae=None if vae in (None, "", "Automatic", "None") else vae,
-        controlnets=_controlnet_units(body, inputs, img2img, family, pixels),
+        controlnets=controlnet_units(body, inputs, img2img, family, pixels),
         **extra,
     )  # fmt: skip
     size = [
@@ -324,86 +325,3 @@ def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
     out = painted.convert("RGB")
     out.paste(rgb, mask=keep)
     return out
-
-
-CONTROL_NEUTRAL = {"control_mode": (None, 0, "Balanced"), "mask": (None, ""),
-                   "hr_option": (None, "Both", "Low res only", "High res only")}  # fmt: skip
-RESIZE_MODES = {None: "just", 0: "just", "Just Resize": "just", 1: "crop",
-                "Crop and Resize": "crop", "Inner Fit (Scale to Fit)": "crop", 2: "fill",
-                "Resize and Fill": "fill", "Outer Fit (Shrink to Fit)": "fill"}  # fmt: skip
-
-
-def _controlnet_units(body: Mapping[str, Any], inputs: Any, img2img: bool, family: Any,
-                      pixels: int) -> list[dict[str, Any]]:  # fmt: skip
-    """`alwayson_scripts.controlnet.args` (sd-webui-controlnet's unit objects) -> units,
-    and their images into `inputs.control_images`. Other always-on scripts: 422."""
-    scripts = body.get("alwayson_scripts") or {}
-    if not isinstance(scripts, Mapping):
-        raise RequestError("alwayson_scripts", "must be an object of script name: {args}")
-    units: list[dict[str, Any]] = []
-    for name, script in scripts.items():
-        args = script.get("args", []) if isinstance(script, Mapping) else None
-        if str(name).lower() != "controlnet":
-            if args:  # an empty or missing args list asks nothing of the script
-                raise RequestError(f"alwayson_scripts.{name}", "always on script not found; "
-                                   "only controlnet is available")  # fmt: skip
-            continue
-        if not isinstance(args, list):
-            raise RequestError("alwayson_scripts.controlnet.args", "must be a list of units")
-        for raw in args:
-            i = len(units)
-            at = f"alwayson_scripts.controlnet.args[{i}]"
-            if not isinstance(raw, Mapping):
-                raise RequestError(at, "must be a ControlNet unit object")
-            if not raw.get("enabled", True):
-                continue
-            units.append(_unit(raw, at, inputs, img2img, pixels))
-    return units
-
-
-def _unit(raw: Mapping[str, Any], at: str, inputs: Any, img2img: bool, pixels: int
-          ) -> dict[str, Any]:  # fmt: skip
-    for key, neutral in CONTROL_NEUTRAL.items():
-        if raw.get(key) not in neutral:
-            raise RequestError(f"{at}.{key}", f"not available in Atelier; got {raw.get(key)!r}")
-    if raw.get("resize_mode") not in RESIZE_MODES:
-        valid = ", ".join(repr(k) for k in RESIZE_MODES if k is not None)
-        raise RequestError(f"{at}.resize_mode", f"must be one of {valid}")
-    image = raw.get("image") if raw.get("image") not in (None, "") else raw.get("input_image")
-    if isinstance(image, Mapping):
-        image = image.get("image")
-    if image in (None, ""):
-        if not img2img:
-            raise RequestError(f"{at}.image", "a ControlNet unit needs an image in txt2img")
-        control = inputs.init_image
-    else:
-        control = decode_image(f"{at}.image", image, pixels)
-    inputs.control_images.append((control, RESIZE_MODES[raw.get("resize_mode")]))
-    model = raw.get("model")
-    if model in (None, "", "None"):
-        raise RequestError(f"{at}.model", "is required: a ControlNet from /controlnet/model_list")
-    module = raw.get("module") or "none"
-    unit = {"model": model_name(model, f"{at}.model"), "module": module,
-            "weight": raw.get("weight", 1.0),
-            "guidance_start": raw.get("guidance_start", 0.0),
-            "guidance_end": raw.get("guidance_end", 1.0)}  # fmt: skip
-    if module == "canny":  # threshold_a/b are canny's low/high here; other modules' differ
-        for key, ours in (("threshold_a", "low_threshold"), ("threshold_b", "high_threshold")):
-            value = raw.get(key)
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
-                unit[ours] = round(value)
-    return unit
-
-
-def resize_controls(inputs: Any, width: int, height: int) -> None:
-    """Control images as the unit's resize_mode says, at the request's size: "just" is
-    left to the engine (it stretches), "crop" fits by cropping, "fill" pads with black."""
-    out = []
-    for item in inputs.control_images:
-        image, mode = item if isinstance(item, tuple) else (item, "just")
-        if mode == "crop":
-            image = ImageOps.fit(image.convert("RGB"), (width, height), Image.LANCZOS)
-        elif mode == "fill":
-            image = ImageOps.pad(image.convert("RGB"), (width, height), Image.LANCZOS)
-        out.append(image)
-    inputs.control_images = out
