@@ -31,6 +31,8 @@ from pipelines.request import GenerationRequest  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 MODELS = ("tiny-sd", "tiny-sdxl")
+VIDEO = {"prompt": "a boat on a lake", "model": "tiny-wan", "num_frames": 5, "width": 32,
+         "height": 32, "num_inference_steps": 2, "seed": 21}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +40,7 @@ def cluster(cache_root: Path) -> Iterator[None]:
     from pipelines.builtin import ensure_model
     from pipelines.serve import APP_NAME, build_app
 
-    for name in MODELS:  # built once here, not by two replicas at a time
+    for name in (*MODELS, "tiny-wan"):  # built once here, not by two replicas at a time
         ensure_model(name, cache_root)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).parents[1])}})  # fmt: skip
@@ -188,3 +190,62 @@ def test_cli_generate_with_the_ray_engine_writes_pngs_with_infotext(
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     path = Path(report["paths"][0])
     assert path.parent == out and "Seed: 9" in read_png_parameters(path)
+
+
+def test_a_model_the_replicas_do_not_have_is_a_field_error(cluster, cache_root, tmp_path):
+    import shutil
+
+    from pipelines.builtin import ensure_model
+    from pipelines.errors import RequestError
+
+    models = tmp_path / "models"  # this front end has a model folder the replicas lack
+    shutil.copytree(ensure_model("tiny-sd", cache_root), models / "only-here")
+    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=None,
+                                       models_dir=models))  # fmt: skip
+    use_ray(m, RayOptions(wait_s=120.0))
+    with pytest.raises(RequestError) as e:
+        m.submit(ImageJob(_req("only-here"))).result(timeout=120)
+    assert e.value.field == "model" and "only-here" in e.value.rule
+
+
+def test_the_studio_runs_on_the_ray_engine(remote, tmp_path):
+    from gradio_client import Client
+
+    from tests.ui_support import free_port
+    from ui.studio import build_studio
+
+    m, _ = remote
+    demo, assets = build_studio(m, tmp_path / "outputs")
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
+                            server_port=free_port(), quiet=True, **assets)  # fmt: skip
+    try:
+        paths, infotext, seed = Client(url, verbose=False).predict(
+            prompt="a red fox", seed=12, steps=2, width=64, height=64, api_name="/generate"
+        )
+    finally:
+        demo.close()
+    assert seed == 12 and infotext.startswith("a red fox\n") and len(paths) == 1
+    assert [p.name for p in (tmp_path / "outputs").iterdir()]  # saved by the front end
+    assert all(s.cache.names() == [] for s in m.slots)  # no model in the studio's process
+
+
+def test_a_video_job_runs_on_a_replica_with_the_same_frames(manager, remote):
+    from pipelines.video import VideoJob, VideoRequest
+
+    req = VideoRequest(**VIDEO)  # type: ignore[arg-type]
+    local = manager.generate_video(req)
+    m, _ = remote
+    got = m.submit(VideoJob(req)).result(timeout=180)
+    assert got.slot.startswith("ray:") and got.seed == local.seed
+    assert got.frames.shape == local.frames.shape and np.array_equal(got.frames, local.frames)
+
+
+def test_admission_limits_apply_before_a_job_is_sent(cluster, cache_root):
+    from pipelines.errors import LimitError
+
+    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=None,
+                                       models_dir=None, max_work=64 * 64 * 2))  # fmt: skip
+    backend = use_ray(m, RayOptions(wait_s=120.0))
+    with pytest.raises(LimitError) as e:
+        m.submit(ImageJob(_req(steps=3)))
+    assert e.value.field == "max_work" and not backend.running
