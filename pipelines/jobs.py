@@ -250,6 +250,10 @@ class JobQueue:
         """The runner registered for a spec type (to wrap it), or None."""
         return self._runners.get(spec_type)
 
+    def spec_types(self) -> list[type]:
+        """Every spec type that has a runner (ImageJob, VideoJob, ...), to wrap them all."""
+        return list(self._runners)
+
     def runner_for(self, spec: Any) -> Runner:
         runner = self._runners.get(type(spec))
         if runner is None:

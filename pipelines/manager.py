@@ -89,9 +89,12 @@ class PipelineManager:
     # -- production integrations (issue 15) -------------------------------------
     def attach(self, reporter: RedisReporter | None = None, store: S3Store | None = None) -> None:
         """Report every job of every front end to Redis (`reporter`, a JobQueue
-        listener) and upload every saved image output to S3 (`store`: the image runner
-        is wrapped, so uploads run in the job's thread before its `result` event, and an
-        upload failure fails the job, its files kept). Call once, before serving."""
+        listener) and upload every output a job saved to S3 (`store`: every registered
+        runner, local or Ray's remote one, is wrapped, so a result with saved `paths` is
+        uploaded in the job's thread before its `result` event, and an upload failure
+        fails the job, its files kept). Call once, after every kind of job is registered.
+        Results without saved paths (a VideoResult: its front end saves the file) are
+        passed on untouched: upload those with `store_files`."""
         from .storage import UploadingRunner
 
         if reporter is not None:
@@ -99,10 +102,11 @@ class PipelineManager:
             self.jobs.add_listener(reporter)
         if store is not None:
             self.store = store
-            inner = self.jobs.registered(ImageJob) or self.images  # local, or Ray's remote one
-            if isinstance(inner, UploadingRunner):
-                inner = inner.inner  # attached again: a new store replaces the old one
-            self.jobs.register(ImageJob, UploadingRunner(inner, store, self.task_name))
+            for spec_type in self.jobs.spec_types():
+                inner = self.jobs.registered(spec_type)
+                if isinstance(inner, UploadingRunner):
+                    inner = inner.inner  # attached again: the new store replaces the old one
+                self.jobs.register(spec_type, UploadingRunner(inner, store, self.task_name))
 
     def task_name(self, job: Job) -> str:
         """The name a job's task has in Redis and in S3 keys, to give back to its caller:
