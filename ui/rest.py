@@ -24,6 +24,8 @@ import inspect
 import logging
 import math
 import secrets
+import threading
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,29 +205,73 @@ def submit(ctx: StudioContext, spec: Any, caller: str, task_id: str | None) -> J
 
 async def run_job(ctx: StudioContext, spec: Any, caller: str, request: Request,
                   task_id: str | None = None) -> Any:  # fmt: skip
-    """Submit `spec` for `caller` and wait for its result without holding the event loop.
-    RequestError/LimitError come from `submit` (nothing queued); a job error is raised as
-    it is; a client that disconnects cancels its job."""
+    """Submit `spec` for `caller` and wait for its result without holding the event loop
+    or a worker thread. RequestError/LimitError come from `submit` (nothing queued); a
+    job error is raised as it is; a client that disconnects cancels its job."""
     from starlette.concurrency import run_in_threadpool
 
+    waiter = _waiter(ctx.manager)
     job = await run_in_threadpool(submit, ctx, spec, caller, task_id)
     try:
-        while not job.done:
-            await run_in_threadpool(_wait, job, 0.5)
-            if not job.done and await request.is_disconnected():
-                log.info("REST client gone: cancelling job %s of %s", job.id, caller)
-                job.cancel()
-        return job.result()
+        await waiter.wait(job, request)
+        return await run_in_threadpool(job.result, 30)  # ended: returns at once
     except asyncio.CancelledError:  # the server is shutting down or the task was dropped
         job.cancel()
         raise
 
 
-def _wait(job: Job, seconds: float) -> None:
-    try:
-        job.result(timeout=seconds)
-    except Exception:  # its error is read by the caller once it is done
-        return
+class JobWaiter:
+    """Wakes a waiting request's event loop when its job ends (a JobQueue listener, called
+    in the job's thread), so a request that waits for a device holds no worker thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._waiting: dict[str, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
+
+    def __call__(self, job: Job, event: Any) -> None:
+        if event.kind not in ("result", "error", "cancelled"):
+            return
+        with self._lock:
+            found = self._waiting.pop(job.id, None)
+        if found is not None:
+            loop, future = found
+            loop.call_soon_threadsafe(_resolve, future)
+
+    async def wait(self, job: Job, request: Request, every: float = 1.0) -> None:
+        """Until `job` ends; every `every` s, cancel it if the client went away."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            self._waiting[job.id] = (loop, future)
+        try:
+            while not job.done and not future.done():
+                try:
+                    await asyncio.wait_for(asyncio.shield(future), every)
+                except asyncio.TimeoutError:
+                    if not job.done and await request.is_disconnected():
+                        log.info("REST client gone: cancelling job %s of %s", job.id, job.caller)
+                        job.cancel()
+        finally:
+            with self._lock:
+                self._waiting.pop(job.id, None)
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+_waiters: weakref.WeakKeyDictionary[Any, JobWaiter] = weakref.WeakKeyDictionary()
+_waiters_lock = threading.Lock()
+
+
+def _waiter(manager: Any) -> JobWaiter:
+    """The one JobWaiter listening to `manager`'s jobs (added on first use)."""
+    with _waiters_lock:
+        if manager not in _waiters:
+            _waiters[manager] = JobWaiter()
+            manager.jobs.add_listener(_waiters[manager])
+        return _waiters[manager]
 
 
 # -- URLs of images the studio serves ---------------------------------------------
@@ -234,8 +280,6 @@ class ImageLinks:
     per file, forgotten after `ttl_s` (the file itself goes with the scratch folder)."""
 
     def __init__(self, ttl_s: int) -> None:
-        import threading
-
         self.ttl_s = ttl_s
         self._lock = threading.Lock()
         self._files: dict[str, tuple[Path, float]] = {}
