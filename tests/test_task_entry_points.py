@@ -93,7 +93,8 @@ def wired(cache_root, server, endpoint, bucket):
     """An engine with Redis and S3 attached, as app.py attaches them from the settings."""
     from pipelines import EngineSettings, PipelineManager
 
-    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=None,
+    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",),
+                                       cache_root=cache_root, loras_dir=None,
                                        models_dir=None))  # fmt: skip
     values = {"redis_url": server.url, "redis_ttl_s": 600, "s3_bucket": bucket,
               "s3_prefix": "runs", "s3_endpoint_url": endpoint, "s3_region": "us-east-1",
@@ -192,7 +193,8 @@ def cli(cache_root: Path, cwd: Path, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, **AWS, "ATELIER_CACHE_DIR": str(cache_root), "HF_HUB_OFFLINE": "1",
            "OMP_NUM_THREADS": "1"}  # fmt: skip
     return subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--models-dir", "",
-                             "--loras-dir", "", *args], cwd=cwd, env=env, text=True,
+                             "--loras-dir", "", "--default-model", "tiny-sd", *args],
+                            cwd=cwd, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
 
 
@@ -325,3 +327,45 @@ def test_the_studio_api_reports_uploads_refuses_and_cancels(studio, db, endpoint
     assert refused["status"] == "failed" and refused["error_field"] == "width", refused
     cancelled = db.hgetall("atelier:task:addr:127.0.0.1:web-3")
     assert cancelled["status"] == "cancelled" and float(cancelled["progress"]) < 1, cancelled
+
+
+def test_redis_killed_mid_job_the_upload_and_the_job_finish_and_redis_catches_up(
+    cache_root, endpoint, bucket, tmp_path, caplog
+):
+    """Through an attached engine: Redis dies at step 2 of a job; the job ends `done`
+    with its objects in S3, and its final state (with their URLs) is written when Redis
+    is back (on the same port, empty: no persistence)."""
+    import logging
+
+    from pipelines import EngineSettings, PipelineManager
+
+    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",),
+                                       cache_root=cache_root, loras_dir=None,
+                                       models_dir=None))  # fmt: skip
+    with redis_server(tmp_path) as own:
+        values = {"redis_url": own.url, "redis_ttl_s": 600, "s3_bucket": bucket,
+                  "s3_prefix": "kill", "s3_endpoint_url": endpoint,
+                  "s3_region": "us-east-1"}  # fmt: skip
+
+        def kill_at_step_2(job: Any, event: Any) -> None:  # before the reporter hears step 2
+            if event.kind == "progress" and event.step == 2:
+                own.kill()
+
+        m.jobs.add_listener(kill_at_step_2)  # listeners run in order: this one first
+        m.attach(RedisReporter(own.url, 600, retry_s=(0.05, 0.2)), S3Store.from_settings(values))
+        caplog.set_level(logging.WARNING, logger="pipelines.status")
+        req = GenerationRequest(prompt="a wave", seed=2, num_inference_steps=5, width=64,
+                                height=64)  # fmt: skip
+        job = m.submit(ImageJob(req, save_to=tmp_path / "out"), task_id="wave-1")
+        result = job.result(timeout=120)
+        assert job.state == "done" and result.paths[0].is_file() and len(result.urls) == 1
+        obj = stored(endpoint, bucket, f"kill/wave-1/{result.paths[0].name}")
+        assert obj["Body"].read() == result.paths[0].read_bytes()
+        assert not m.reporter.flush(1.0) and m.reporter.down, "Redis is away"
+        assert any("unreachable" in r.getMessage() for r in caplog.records)
+        own.start()
+        assert m.close(10), "the latest state is written once Redis answers"
+        db = redis.Redis.from_url(own.url, decode_responses=True)
+        h = db.hgetall("atelier:task:wave-1")
+        db.close()
+    assert h["status"] == "done" and json.loads(h["outputs"]) == result.urls, h
