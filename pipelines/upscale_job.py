@@ -62,6 +62,7 @@ class UpscaleResult:
     paths: list[Path] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])  # files are named like images
     warnings: list[str] = field(default_factory=list)
+    placement: str = "whole"  # as GenerationResult's: the upscaler is one module
 
 
 def extras_infotext(source: str | None, req: UpscaleRequest, size: tuple[int, int]) -> str:

@@ -63,6 +63,7 @@ class XyzResult:
     seeds: list[int] = field(default_factory=list)
     paths: list[Path] = field(default_factory=list)  # grids first
     warnings: list[str] = field(default_factory=list)
+    placement: str = "whole"  # the last cell's (GenerationResult.placement)
 
 
 class _CellContext:
@@ -171,6 +172,7 @@ class XyzRunner:
             out.seeds += r.seeds
             out.paths += r.paths
             out.warnings += [w for w in r.warnings if w not in out.warnings]
+        out.placement = getattr(results[-1], "placement", out.placement)
         timings["total"] = time.perf_counter() - plot.t0
         return out
 

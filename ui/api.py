@@ -31,6 +31,7 @@ from ui.components import WholeNumber
 from ui.context import PREPROCESS_GROUP, StudioContext
 from ui.control_panel import run_preprocessor
 from ui.form import api_images, request_from_widgets
+from ui.hires_panel import api_inputs, apply_extras
 from ui.runner import endpoint_stream, gpu, shown_as_gradio_errors
 
 GENERATE_DESCRIPTION = (
@@ -103,6 +104,7 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
                                      "1 = last (A1111's meaning); blank = 1"),
             "vae": gr.Textbox("", label="vae: a VAE of the server's VAE folder by name, e.g. "
                               "'sdxl_vae.safetensors'; blank = Automatic (the model's own)"),
+            **api_inputs(),  # styles, hires fix (ui/hires_panel.py; issue 14)
             "task_id": gr.Textbox("", label="task_id: your name for this task (letters, digits, "
                                   "._-); names its files; with Redis on, /task tells its "
                                   "status; blank = a name is made"),
@@ -136,6 +138,17 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
             inpaint_padding: float | None = None,
             clip_skip: float | None = None,
             vae: str = "",
+            styles: Any = None,
+            enable_hr: bool = False,
+            hr_scale: float | None = None,
+            hr_resize_x: float | None = None,
+            hr_resize_y: float | None = None,
+            hr_upscaler: str = "",
+            hr_second_pass_steps: float | None = None,
+            denoising_strength: float | None = None,
+            hr_prompt: str = "",
+            hr_negative_prompt: str = "",
+            hr_sampler_name: str = "",
             task_id: str = "",
             request: gr.Request = None,  # type: ignore[assignment]
             progress: gr.Progress = gr.Progress(),  # noqa: B008
@@ -156,7 +169,14 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
 
             with shown_as_gradio_errors():
                 job = ImageJob(
-                    request_from_widgets(values),
+                    apply_extras(request_from_widgets(values), {
+                        "styles": styles, "enable_hr": enable_hr, "hr_scale": hr_scale,
+                        "hr_resize_x": hr_resize_x, "hr_resize_y": hr_resize_y,
+                        "hr_upscaler": hr_upscaler, "hr_prompt": hr_prompt,
+                        "hr_second_pass_steps": hr_second_pass_steps,
+                        "denoising_strength": denoising_strength,
+                        "hr_negative_prompt": hr_negative_prompt,
+                        "hr_sampler_name": hr_sampler_name}),  # fmt: skip
                     api_images(init_image, mask_image, control_images, pixels).inputs(),
                     save_to=ctx.store.outputs_dir,  # each image saved as it is decoded
                     task_id=task_id or None,  # checked by the engine (field task_id)

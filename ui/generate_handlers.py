@@ -12,6 +12,7 @@ import gradio as gr
 
 from ui.context import HISTORY_LIMIT, StudioContext
 from ui.form import error_markdown, family_updates, studio_form, widget_specs
+from ui.hires_panel import apply_extras, split_extras
 from ui.lora_panel import refresh_search
 from ui.runner import progress_text, queue_text, stream_job
 
@@ -34,7 +35,7 @@ def generate(
     numbers: list[int] = []
 
     def submit() -> Any:
-        form = studio_form(values, ctx.manager.settings.max_image_pixels)
+        form = studio_form(split_extras(values)[0], ctx.manager.settings.max_image_pixels)
         numbers.extend(form.unit_numbers)
         return ctx.manager.submit(job_of(ctx, values, form), caller)
 
@@ -74,8 +75,10 @@ def job_of(ctx: StudioContext, values: Mapping[str, Any], form: Any = None) -> A
     """The ImageJob of the form's values (saved into the outputs folder as decoded)."""
     from pipelines.image_job import ImageJob
 
-    form = form or studio_form(values, ctx.manager.settings.max_image_pixels)
-    return ImageJob(form.request, form.images.inputs(), save_to=ctx.store.outputs_dir)
+    plain, extras = split_extras(values)  # styles and hires fix (ui/hires_panel.py)
+    form = form or studio_form(plain, ctx.manager.settings.max_image_pixels)
+    return ImageJob(apply_extras(form.request, extras), form.images.inputs(),
+                    save_to=ctx.store.outputs_dir)  # fmt: skip
 
 
 def running(event: Any, shown: Callable[[Any], Any] = lambda image: image) -> dict[str, Any]:

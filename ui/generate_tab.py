@@ -19,9 +19,12 @@ from ui import generate_handlers as handlers
 from ui.context import StudioContext
 from ui.control_panel import ControlPanel, build_control_panel
 from ui.form import loras_from_slots, widget_specs
+from ui.hires_panel import build_hires_panel
 from ui.img2img_panel import Img2ImgPanel, build_img2img_panel
 from ui.lora_panel import LoraPanel, build_lora_panel
 from ui.runner import gpu, gpu_seconds, progress_text, unit_of
+from ui.styles_panel import build_styles_panel
+from ui.xyz_panel import build_xyz_panel, generate_plot
 
 if TYPE_CHECKING:
     from pipelines.manager import PipelineManager
@@ -68,6 +71,7 @@ def restored_vae(manager: PipelineManager, name: str) -> Any:
 
 
 def build_generate_tab(ctx: StudioContext) -> GenerateTab:
+    from pipelines.hires import upscaler_names
     from pipelines.schedulers import available_schedulers
 
     models = ctx.manager.models("image")
@@ -123,6 +127,15 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                                           scale=4, elem_id="atelier-ti-name")  # fmt: skip
                     ti_pos = gr.Button("Add to prompt", scale=0, min_width=120)
                     ti_neg = gr.Button("Add to negative", scale=0, min_width=120)
+                # Issue 14: styles, hires fix, X/Y/Z plot (collapsed; ui/styles_panel.py,
+                # ui/hires_panel.py, ui/xyz_panel.py)
+                with gr.Accordion("Styles", open=False, elem_id="atelier-styles-box"):
+                    styles = build_styles_panel(ctx.manager, prompt, negative)
+                with gr.Accordion("Hires fix", open=False, elem_id="atelier-hires"):
+                    hires = build_hires_panel(upscaler_names(ctx.manager.upscalers),
+                                              available_schedulers(family))  # fmt: skip
+                with gr.Accordion("Scripts: X/Y/Z plot", open=False, elem_id="atelier-scripts"):
+                    xyz = build_xyz_panel()
                 selected = gr.State(None)
                 with gr.Accordion("Image to image / Inpaint", open=False,
                                   elem_id="atelier-img2img"):  # fmt: skip
@@ -168,6 +181,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
             values["loras"] = loras_from_slots([data[c] for c in loras.names],
                                                [data[c] for c in loras.weights])  # fmt: skip
             values["units"] = control.values(data)
+            values["extras"] = {"styles": data[styles.styles], **hires.values(data)}
             return values
 
         def job_spec(data: dict[Any, Any]) -> Any:
@@ -192,13 +206,36 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
         by_name = dict(zip(handlers.OUTPUTS, outputs, strict=True))
         event = run.click(  # Ctrl+Enter in the prompts clicks it (the studio's JS)
             gpu(run_job, lambda data, *_: gpu_seconds(ctx, lambda: job_spec(data))),
-            inputs={*by_component, *lora_inputs, *control.inputs(), history_items},
+            inputs={*by_component, *lora_inputs, *control.inputs(), history_items,
+                    styles.styles, *hires.inputs()},
             outputs=outputs,
             api_name="studio_generate",
             api_visibility="undocumented",
             **ctx.gpu_event(),
         )
-        stop.click(None, cancels=[event], api_name="stop", api_visibility="undocumented")
+
+        def run_plot(
+            data: dict[Any, Any],
+            request: gr.Request,
+            progress: gr.Progress = gr.Progress(),  # noqa: B008
+        ) -> Iterator[dict]:
+            def report(event: Any) -> None:
+                progress((event.step, event.total), desc=progress_text(event), unit=unit_of(event))
+
+            caller = ctx.caller(request)
+            for update in generate_plot(ctx, values_of(data), xyz.values(data),
+                                        data[history_items], caller, report):  # fmt: skip
+                yield {by_name[n]: v for n, v in update.items()}
+
+        plot_event = xyz.run.click(
+            gpu(run_plot),
+            inputs={*by_component, *lora_inputs, *control.inputs(), history_items,
+                    styles.styles, *hires.inputs(), *xyz.inputs()},
+            outputs=outputs, api_name="studio_xyz", api_visibility="undocumented",
+            **ctx.gpu_event(),
+        )  # fmt: skip
+        stop.click(None, cancels=[event, plot_event], api_name="stop",
+                   api_visibility="undocumented")  # fmt: skip
 
         def pick(evt: gr.SelectData, items: list) -> tuple[str, str | None]:
             return handlers.pick(items, evt.index)

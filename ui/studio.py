@@ -16,11 +16,13 @@ import gradio as gr
 from ui.api import build_api
 from ui.catalog import lora_choices
 from ui.context import StudioContext
+from ui.extras_tab import build_extras_tab
 from ui.form import widget_specs, widgets_from_request
 from ui.generate_tab import GenerateTab, build_generate_tab
 from ui.lora_panel import fill
 from ui.pnginfo_tab import PngInfoTab, build_pnginfo_tab, describe, wire_details
 from ui.video_tab import render_video
+from ui.xyz_api import build_xyz_api
 
 if TYPE_CHECKING:
     from pipelines.manager import PipelineManager
@@ -152,9 +154,12 @@ def build_studio(
             with gr.Tab("Generate", id="generate"):
                 gen.blocks.render()
             render_video(ctx)  # the Video tab and the /video API
+            with gr.Tab("Extras", id="extras"):  # upscale one image, and /upscale
+                build_extras_tab(ctx).render()
             with gr.Tab("PNG Info", id="pnginfo"):
                 info.blocks.render()
         api.render()
+        build_xyz_api(ctx).render()  # /xyz (the studio's plot: the Generate tab's Scripts)
         wire(ctx, gen, info, tabs)
     demo.queue(max_size=None, default_concurrency_limit=ctx.slots)
     demo.atelier_context = ctx  # tests and app.py reach the store through the app
