@@ -282,8 +282,9 @@ def studio(cache_root, server, endpoint, bucket, tmp_path_factory):
         m.close(2)
 
 
-def test_the_studio_api_reports_uploads_refuses_and_cancels(studio, db, endpoint, bucket):
-    from gradio_client import Client
+def test_the_studio_api_reports_uploads_refuses_and_cancels(studio, db, endpoint, bucket,
+                                                            tmp_path):  # fmt: skip
+    from gradio_client import Client, handle_file
     from gradio_client.exceptions import AppError
 
     m = studio.atelier_context.manager
@@ -303,6 +304,11 @@ def test_the_studio_api_reports_uploads_refuses_and_cancels(studio, db, endpoint
     assert obj["Body"].read() == Path(files[0]).read_bytes() and seed == 9
     with pytest.raises(AppError, match="width"):
         client.predict(prompt="x", width=65, task_id="web-2", api_name="/generate")
+    not_an_image = tmp_path / "not-an-image.png"
+    not_an_image.write_text("hello")
+    with pytest.raises(AppError, match="init_image"):  # refused by the API, before the engine
+        client.predict(prompt="x", init_image=handle_file(str(not_an_image)), task_id="web-4",
+                       api_name="/generate")  # fmt: skip
     with pytest.raises(AppError, match="no task 'web-9' of yours"):
         client.predict(task_id="web-9", api_name="/task")
     # a cancel from the client: Gradio closes the handler, which cancels the engine's job
@@ -325,6 +331,8 @@ def test_the_studio_api_reports_uploads_refuses_and_cancels(studio, db, endpoint
     assert m.reporter.flush(10)
     refused = db.hgetall("atelier:task:addr:127.0.0.1:web-2")
     assert refused["status"] == "failed" and refused["error_field"] == "width", refused
+    bad_file = db.hgetall("atelier:task:addr:127.0.0.1:web-4")
+    assert bad_file["status"] == "failed" and bad_file["error_field"] == "init_image", bad_file
     cancelled = db.hgetall("atelier:task:addr:127.0.0.1:web-3")
     assert cancelled["status"] == "cancelled" and float(cancelled["progress"]) < 1, cancelled
 

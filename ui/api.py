@@ -21,6 +21,7 @@ checked from the header before decoding); a bad file names its parameter.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from dataclasses import fields
 from typing import Any
@@ -167,7 +168,7 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
                 paths = ctx.store.publish(result)
                 return [str(p) for p in paths], result.infotexts[0], result.seeds[0]
 
-            with shown_as_gradio_errors():
+            with shown_as_gradio_errors(), refusals_recorded(ctx, task_id, ctx.caller(request)):
                 job = ImageJob(
                     apply_extras(request_from_widgets(values), {
                         "styles": styles, "enable_hr": enable_hr, "hr_scale": hr_scale,
@@ -239,6 +240,19 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
                            api_description=TASK_DESCRIPTION, show_progress="hidden",
                            queue=False)  # fmt: skip
     return blocks
+
+
+@contextlib.contextmanager
+def refusals_recorded(ctx: StudioContext, task_id: str | None, caller: str) -> Iterator[None]:
+    """A request refused before it reaches the engine (a bad file, a bad value) is still
+    a failed task in Redis, naming the field (the engine records its own refusals)."""
+    from pipelines.errors import AtelierError
+
+    try:
+        yield
+    except AtelierError as e:
+        ctx.manager.refused(task_id or None, e, caller)
+        raise
 
 
 TASK_DESCRIPTION = (
