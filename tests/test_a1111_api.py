@@ -181,7 +181,7 @@ def test_controlnet_unit_as_the_extension_sends_it(server):
     ("change", "field"),
     [({"width": 63}, "width"), ({"cfg_scale": 99}, "cfg_scale"), ({"steps": 0}, "steps"),
      ({"sampler_name": "Nope"}, "sampler_name"), ({"tiling": True}, "tiling"),
-     ({"n_iter": 0}, "n_iter"), ({"colour": 1}, "colour"),
+     ({"n_iter": 0}, "n_iter"),
      ({"override_settings": {"sd_model_checkpoint": "nope"}}, "sd_model_checkpoint"),
      ({"alwayson_scripts": {"ADetailer": {"args": [True]}}}, "alwayson_scripts.ADetailer")],
 )  # fmt: skip
@@ -191,6 +191,13 @@ def test_bad_input_is_a_422_naming_the_a1111_field(server, change, field):
     body = r.json()
     assert body["field"] == field and body["detail"].startswith(f"{field}: "), body
     assert set(body) >= {"error", "detail", "body", "errors"}
+
+
+def test_unknown_fields_are_ignored_as_in_a1111_and_named(server):
+    r = post(server, "txt2img", {**BASE, "colour": "red", "clip_skip": 2})
+    assert r.status_code == 200, r.text
+    warnings = json.loads(r.json()["info"])["warnings"]
+    assert [w.split(":")[0] for w in warnings] == ["clip_skip", "colour"]
 
 
 def test_bad_images_and_bodies(server):

@@ -8,7 +8,8 @@ fixed 512x512 x 50 steps at CFG 7 is wrong for SDXL and Flux), as everywhere in 
 No silent fallbacks: a field A1111 clients send at its neutral value (`enable_hr:
 false`, `restore_faces: false`, `eta`...) is accepted; the same field asking for
 something Atelier does not do (`enable_hr: true`, `tiling: true`, a `script_name`) is
-a 422 naming the field. Engine errors name the engine's field: `a1111_field` turns it
+a 422 naming the field. A field A1111 does not know either is ignored, as A1111
+does, and named in `info`'s warnings. Engine errors name the engine's field: `a1111_field` turns it
 back into the A1111 name the client sent. ControlNet units: units.py.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,6 +26,8 @@ from typing import Any
 from PIL import Image, ImageFilter, ImageOps
 
 from pipelines.errors import RequestError
+
+log = logging.getLogger(__name__)
 
 # Fields accepted and not applied: sampler fine-tuning A1111 ignores for most samplers,
 # saving switches (the server's outputs setting decides), and bookkeeping.
@@ -100,6 +104,7 @@ class Payload:
     send_images: bool = True
     task_id: str | None = None
     echo: dict[str, Any] = field(default_factory=dict)  # `parameters` of the response
+    ignored: list[str] = field(default_factory=list)  # unknown fields (info's warnings)
 
 
 def a1111_field(engine_field: str) -> str:
@@ -217,10 +222,9 @@ def parse(body: Any, img2img: bool, manager: Any, options: Mapping[str, Any]) ->
 
     if not isinstance(body, Mapping):
         raise RequestError("body", "must be a JSON object")
-    unknown = sorted(set(body) - known_fields(img2img))
-    if unknown:
-        where = "img2img" if img2img else "txt2img"
-        raise RequestError(unknown[0], f"is not a field of /sdapi/v1/{where} here")
+    # A1111 ignores fields it does not know (extensions' and newer versions' fields): so
+    # do we, naming them in info's warnings and the log, so a typo does not go unseen.
+    unknown = sorted(str(k) for k in set(body) - known_fields(img2img))
     engine = engine_fields()
     check_neutral(body, engine)
     settings = {**options, **_overrides(body.get("override_settings"))}
@@ -259,7 +263,16 @@ def parse(body: Any, img2img: bool, manager: Any, options: Mapping[str, Any]) ->
     echo = {k: v for k, v in body.items() if k not in ("init_images", "mask")}
     if img2img:
         echo.update(init_images=None, mask=None)
-    return Payload(request, inputs, bool(body.get("send_images", True)), task_id, echo)
+    if unknown:
+        log.info("A1111 %s: fields ignored: %s", "img2img" if img2img else "txt2img", unknown)
+    return Payload(
+        request,
+        inputs,
+        bool(body.get("send_images", True)),
+        task_id,
+        echo,
+        [f"{name}: not a field Atelier knows; ignored" for name in unknown],
+    )
 
 
 def _seed(value: Any) -> Any:

@@ -36,7 +36,7 @@ def png_base64(image: Image.Image, infotext: str | None = None) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def info_json(result: Any, started: float) -> str:
+def info_json(result: Any, started: float, warnings: list[str] | None = None) -> str:
     """A1111's `info` string for a GenerationResult."""
     req = result.request
     first = result.infotexts[0] if result.infotexts else ""
@@ -62,14 +62,16 @@ def info_json(result: Any, started: float) -> str:
         "job_timestamp": time.strftime("%Y%m%d%H%M%S", time.localtime(started)),
         "clip_skip": req.clip_skip, "is_using_inpainting_conditioning": False,
         "version": params.get("Version", ""),
-        "warnings": list(getattr(result, "warnings", []) or []),
+        "warnings": [*(getattr(result, "warnings", None) or []), *(warnings or [])],
     }, ensure_ascii=False)  # fmt: skip
 
 
-def generated(result: Any, echo: dict[str, Any], send_images: bool, started: float) -> dict:
+def generated(result: Any, payload: Any, started: float) -> dict:
+    """The txt2img/img2img response for a result and the Payload it came from."""
     made = zip(result.images, result.infotexts, strict=True)
-    images = [png_base64(im, text) for im, text in made] if send_images else []
-    return {"images": images, "parameters": echo, "info": info_json(result, started)}
+    images = [png_base64(im, text) for im, text in made] if payload.send_images else []
+    info = info_json(result, started, payload.ignored)
+    return {"images": images, "parameters": payload.echo, "info": info}
 
 
 def interrupted(echo: dict[str, Any]) -> dict:

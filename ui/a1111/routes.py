@@ -143,8 +143,7 @@ def add_routes(app: FastAPI, ctx: StudioContext, config: RestConfig) -> None:
             result = await run_job(ctx, spec, caller, request, payload.task_id)
         except Cancelled:
             return responses.interrupted(payload.echo)
-        return await run_in_threadpool(responses.generated, result, payload.echo,
-                                       payload.send_images, started)  # fmt: skip
+        return await run_in_threadpool(responses.generated, result, payload, started)
 
     @route(f"{PREFIX}/txt2img", "POST")
     async def txt2img(request: Request, caller: str) -> Any:
