@@ -194,10 +194,13 @@ def test_bad_input_is_a_422_naming_the_a1111_field(server, change, field):
 
 
 def test_unknown_fields_are_ignored_as_in_a1111_and_named(server):
-    r = post(server, "txt2img", {**BASE, "colour": "red", "clip_skip": 2})
+    overrides = {"eta_noise_seed_delta": 31337, "CLIP_stop_at_last_layers": 1}
+    r = post(server, "txt2img", {**BASE, "colour": "red", "override_settings": overrides})
     assert r.status_code == 200, r.text
     warnings = json.loads(r.json()["info"])["warnings"]
-    assert [w.split(":")[0] for w in warnings] == ["clip_skip", "colour"]
+    assert [w.split(":")[0] for w in warnings] == [
+        "colour", "override_settings.eta_noise_seed_delta"]  # fmt: skip
+    assert post(server, "options", {"eta_noise_seed_delta": 1}).status_code == 200
 
 
 def test_bad_images_and_bodies(server):

@@ -7,11 +7,13 @@ The same keys work per request in `override_settings`.
 
 Writable keys: sd_model_checkpoint, sd_vae, CLIP_stop_at_last_layers. Read-only keys
 (samples_format, show_progress_every_n_steps) are accepted when unchanged, so a
-client may post back what it read; any other key is a 422 naming it.
+client may post back what it read (another value is a 422 naming it); other keys are
+ignored, as A1111 ignores keys it does not know (logged).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -19,14 +21,18 @@ from typing import Any
 
 from pipelines.errors import RequestError
 
+log = logging.getLogger(__name__)
+
 WRITABLE = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
 MAX_CALLERS = 10_000  # callers whose options are remembered (least recently used go)
 
 
-def check_options(values: Mapping[str, Any], where: str = "options",
-                  read_only: Mapping[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+def check_options(values: Mapping[str, Any], read_only: Mapping[str, Any] | None = None,
+                  ignored: list[str] | None = None) -> dict[str, Any]:  # fmt: skip
     """The writable options of `values`, their types checked (existence is checked
-    against the engine by OptionStore.set, and by the engine for a request)."""
+    against the engine by OptionStore.set, and by the engine for a request). A read-only
+    key with another value is a RequestError; a key A1111 may know but Atelier does not
+    is left out (as A1111 leaves out keys it does not know) and added to `ignored`."""
     from pipelines.request import MAX_CLIP_SKIP
 
     out: dict[str, Any] = {}
@@ -36,9 +42,8 @@ def check_options(values: Mapping[str, Any], where: str = "options",
         elif read_only is not None and key in read_only:
             if value != read_only[key]:
                 raise RequestError(key, f"is fixed on this server ({read_only[key]!r})")
-        else:
-            rule = f"is not an option here; options: {', '.join(WRITABLE)}"
-            raise RequestError(f"{where}.{key}" if where != "options" else key, rule)
+        elif ignored is not None:
+            ignored.append(str(key))
     if "sd_model_checkpoint" in out and not isinstance(out["sd_model_checkpoint"], str):
         raise RequestError("sd_model_checkpoint", "must be a model name")
     if "sd_vae" in out and not isinstance(out["sd_vae"], str | None):
@@ -83,7 +88,10 @@ class OptionStore:
 
         if not isinstance(values, Mapping):
             raise RequestError("body", "must be a JSON object of option: value")
-        new = check_options(values, read_only=self.read_only())
+        ignored: list[str] = []
+        new = check_options(values, self.read_only(), ignored)
+        if ignored:
+            log.info("options of %s ignored (not Atelier options): %s", caller, ignored)
         if "sd_model_checkpoint" in new:
             name = model_name(new["sd_model_checkpoint"])
             family = self.manager.registry.family_of(name)  # RequestError if unknown

@@ -227,7 +227,9 @@ def parse(body: Any, img2img: bool, manager: Any, options: Mapping[str, Any]) ->
     unknown = sorted(str(k) for k in set(body) - known_fields(img2img))
     engine = engine_fields()
     check_neutral(body, engine)
-    settings = {**options, **_overrides(body.get("override_settings"))}
+    overrides: list[str] = []
+    settings = {**options, **_overrides(body.get("override_settings"), overrides)}
+    unknown += [f"override_settings.{key}" for key in overrides]
     model = model_name(settings["sd_model_checkpoint"]) if settings.get(
         "sd_model_checkpoint") else manager.settings.default_model  # fmt: skip
     family = manager.registry.family_of(model)
@@ -271,7 +273,7 @@ def parse(body: Any, img2img: bool, manager: Any, options: Mapping[str, Any]) ->
         bool(body.get("send_images", True)),
         task_id,
         echo,
-        [f"{name}: not a field Atelier knows; ignored" for name in unknown],
+        [f"{name}: not a field or option Atelier knows; ignored" for name in unknown],
     )
 
 
@@ -279,14 +281,14 @@ def _seed(value: Any) -> Any:
     return -1 if value is None else value
 
 
-def _overrides(value: Any) -> dict[str, Any]:
+def _overrides(value: Any, ignored: list[str]) -> dict[str, Any]:
     from ui.a1111.options import check_options
 
     if value in (None, {}):
         return {}
     if not isinstance(value, Mapping):
         raise RequestError("override_settings", "must be an object of option: value")
-    return check_options(value, "override_settings")
+    return check_options(value, ignored=ignored)
 
 
 def _image_to_image(body: Mapping[str, Any], inputs: Any, pixels: int) -> dict[str, Any]:
