@@ -178,10 +178,19 @@ def tensor_bytes(path: Path, itemsize: int) -> dict[str, int]:
 
 
 def _weights(folder: Path) -> list[Path]:
-    """The files diffusers loads without a variant: x.safetensors, not x.fp16.safetensors."""
+    """The files diffusers loads without a variant: x.safetensors and x-00001-of-00002.
+    safetensors, not x.fp16.safetensors (nor x.fp16-00001-of-00002.safetensors)."""
     files = sorted(folder.glob("*.safetensors"))
-    plain = [p for p in files if len(p.name.split(".")) == 2 or "-of-" in p.name]
+    plain = [p for p in files if len(p.name.split(".")) == 2]
     return plain or files
+
+
+def _folder_bytes(folder: Path, itemsize: int) -> int:
+    """A component folder's weights at `itemsize`; pickled .bin weights by file size."""
+    files = _weights(folder)
+    if files:
+        return sum(sum(tensor_bytes(f, itemsize).values()) for f in files)
+    return sum(f.stat().st_size for f in folder.glob("*.bin"))
 
 
 def _kind(name: str) -> str:
@@ -209,7 +218,7 @@ def model_size(entry: ModelEntry, itemsize: int) -> ModelSize:
                 den["denoiser"] = den.get("denoiser", 0) + n
         return ModelSize(te, den, vae)
     for sub in sorted(p for p in path.iterdir() if p.is_dir()):
-        n = sum(sum(tensor_bytes(f, itemsize).values()) for f in _weights(sub))
+        n = _folder_bytes(sub, itemsize)
         if not n:
             continue
         kind = _kind(sub.name)
@@ -283,7 +292,9 @@ class PlacingPool(SlotPool):
             return key
         decision = self.decide(slot, entry)
         dtype = choose_dtype(self.load_options.dtype, entry.family, slot.device)
-        slot.cache.make_room(model_size(entry, dtype.itemsize).total)
+        size = model_size(entry, dtype.itemsize)
+        staged = sum(size.text_encoders.values()) if decision.mode == "staged" else 0
+        slot.cache.make_room(size.total - staged)  # what will sit on the device
         pipe = load_placed(entry, slot, decision, self.load_options)
         slot.loads += 1
         a = self.adapter_options

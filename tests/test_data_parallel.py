@@ -33,8 +33,9 @@ def runs(cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     jobs = base / "jobs.jsonl"
     jobs.write_text("".join(json.dumps(j) + "\n" for j in JOBS))
     single, parallel = base / "single", base / "parallel"
-    manager = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root,
-                                             loras_dir=None, models_dir=None))  # fmt: skip
+    manager = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",),
+                                             cache_root=cache_root, loras_dir=None,
+                                             models_dir=None))  # fmt: skip
     import contextlib
     import io
 
@@ -44,6 +45,7 @@ def runs(cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", str(ROOT / "app.py"), "--cache-dir", str(cache_root), "--models-dir", "",
+           "--default-model", "tiny-sd",
            "generate", "--jobs", str(jobs), "--out", str(parallel)]  # fmt: skip
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=base)
     return {"single": single, "parallel": parallel, "single_code": single_code,
@@ -99,3 +101,14 @@ def test_the_launcher_is_detected_from_world_size() -> None:
     assert launched({"WORLD_SIZE": "2", "RANK": "1"})
     assert not launched({"WORLD_SIZE": "1"})
     assert not launched({})
+
+
+def test_without_a_launcher_the_run_is_single_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    from ui.cli_parallel import parallel_state
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert parallel_state(argparse.Namespace()) is None
+    monkeypatch.setenv("WORLD_SIZE", "1")  # torchrun --nproc_per_node 1: no group needed
+    assert parallel_state(argparse.Namespace()) is None

@@ -111,8 +111,9 @@ def models(cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def engine(cache_root: Path, models: Path):
     from pipelines import EngineSettings, PipelineManager
 
-    return PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root,
-                                          models_dir=models, loras_dir=None))  # fmt: skip
+    return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",),
+                                          cache_root=cache_root, models_dir=models,
+                                          loras_dir=None))  # fmt: skip
 
 
 def test_sizes_from_the_file_headers_are_the_loaded_bytes(engine) -> None:
