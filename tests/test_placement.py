@@ -169,6 +169,28 @@ def test_staged_makes_the_same_pixels_and_records_the_placement(engine) -> None:
     assert str(loaded.pipeline.text_encoder.device) == "cpu"
 
 
+@pytest.mark.parametrize("case", ["lora+hires", "img2img"])
+def test_staged_with_loras_hires_fix_and_img2img_gives_the_same_pixels(engine, case) -> None:
+    from PIL import Image
+
+    from pipelines import GenerationRequest
+    from pipelines.tasks import Inputs
+
+    extra = ({"loras": {"tiny-sd-lora": 0.8}, "enable_hr": True, "hr_scale": 1.5,
+              "hr_prompt": "a [red:blue:0.5] fox"} if case == "lora+hires" else {})  # fmt: skip
+    inputs = Inputs(Image.new("RGB", (64, 64), (200, 40, 40))) if case == "img2img" else None
+
+    def make(model: str):
+        return engine.generate(GenerationRequest(prompt="a fox", model=model, seed=3, width=64,
+                                                 height=64, num_inference_steps=2, **extra),
+                               inputs=inputs)  # fmt: skip
+
+    staged, plain = make("staged-sd"), make("tiny-sd")
+    assert staged.placement == "staged (model)"
+    for a, b in zip(staged.images, plain.images, strict=True):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_staged_is_refused_for_a_family_the_engine_cannot_stage(engine) -> None:
     from pipelines import GenerationRequest
     from pipelines.errors import ModelUnavailableError
