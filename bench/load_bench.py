@@ -146,7 +146,7 @@ def ray_manager(cache_root: Path) -> Iterator[Any]:
     from pipelines.serve import APP_NAME, build_app
 
     repo = str(Path(__file__).resolve().parents[1])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": repo, "OMP_NUM_THREADS": "1"}})  # fmt: skip
     try:
         serve.start(proxy_location="Disabled")
