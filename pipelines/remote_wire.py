@@ -18,6 +18,7 @@ Used by pipelines/serve.py (the replica) and pipelines/remote.py (the front end)
 from __future__ import annotations
 
 import io
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -113,49 +114,56 @@ def model_of(spec: Any) -> str:
 
 
 # -- results --------------------------------------------------------------------
+# Result fields that stay on the replica: its file paths and upload URLs mean nothing
+# to the front end, which writes (and uploads) the files itself.
+_LOCAL_ONLY = ("paths", "urls")
+
+
 def encode_result(result: Any) -> dict[str, Any]:
+    """Every field of a GenerationResult/VideoResult (fields added later travel too, as
+    long as they are plain data): images as PNG with infotext, frames as .npy."""
     from .image_job import GenerationResult
 
-    if isinstance(result, GenerationResult):
-        return {
-            "type": "image",
-            "images": [
-                png_bytes(im, info)
-                for im, info in zip(result.images, result.infotexts, strict=True)
-            ],  # fmt: skip
-            "seeds": list(result.seeds),
-            "infotexts": list(result.infotexts),
-            "request": result.request.to_dict(),
-            "slot": result.slot,
-            "timings": dict(result.timings),
-            "warnings": list(result.warnings),
-        }
-    return {  # VideoResult
-        "type": "video",
-        "frames": npy_bytes(result.frames),
-        "seed": result.seed,
-        "parameters": result.parameters,
-        "request": result.request.to_dict(),
-        "slot": result.slot,
-        "timings": dict(result.timings),
-    }
+    data: dict[str, Any] = {"type": "image" if isinstance(result, GenerationResult) else "video"}
+    for f in fields(result):
+        value = getattr(result, f.name)
+        if f.name in _LOCAL_ONLY:
+            continue
+        if f.name == "images":
+            value = [png_bytes(im, info) for im, info in zip(value, result.infotexts, strict=True)]
+        elif f.name == "frames":
+            value = npy_bytes(value)
+        elif f.name == "request":
+            value = value.to_dict()
+        data[f.name] = value
+    return data
 
 
 def decode_result(data: dict[str, Any], slot_prefix: str) -> Any:
     """The GenerationResult/VideoResult of a wire result; its slot reads
-    `<slot_prefix>/<the replica's slot>` (e.g. `ray:1a2b3c4d/cpu#0`)."""
+    `<slot_prefix>/<the replica's slot>` (e.g. `ray:1a2b3c4d/cpu#0`). Fields this side
+    does not know are dropped; fields the replica did not send keep their defaults."""
     from .image_job import GenerationResult
     from .request import GenerationRequest
     from .video import VideoRequest, VideoResult
 
-    slot = f"{slot_prefix}/{data['slot']}"
-    if data["type"] == "image":
-        images = [png_image(b) for b in data["images"]]
-        return GenerationResult(GenerationRequest.from_dict(data["request"]), images,
-                                list(data["seeds"]), list(data["infotexts"]), slot,
-                                dict(data["timings"]), warnings=list(data["warnings"]))  # fmt: skip
-    return VideoResult(VideoRequest.from_dict(data["request"]), npy_array(data["frames"]),
-                       data["seed"], data["parameters"], slot, dict(data["timings"]))  # fmt: skip
+    image = data["type"] == "image"
+    cls = GenerationResult if image else VideoResult
+    kwargs: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in data or f.name in _LOCAL_ONLY:
+            continue
+        value = data[f.name]
+        if f.name == "images":
+            value = [png_image(b) for b in value]
+        elif f.name == "frames":
+            value = npy_array(value)
+        elif f.name == "request":
+            value = (GenerationRequest if image else VideoRequest).from_dict(value)
+        elif f.name == "slot":
+            value = f"{slot_prefix}/{value}"
+        kwargs[f.name] = value
+    return cls(**kwargs)
 
 
 # -- errors ---------------------------------------------------------------------

@@ -3,6 +3,8 @@ errors as plain data), the multiplexing count, and the `engine` setting's checks
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -66,6 +68,9 @@ def test_an_image_result_keeps_pixels_and_infotext():
     got = decode_result(wire, "ray:r1")
     assert [np.asarray(i).tolist() for i in got.images] == [np.asarray(i).tolist() for i in images]
     assert got.seeds == [1, 2] and got.infotexts == infos and got.warnings == ["w"]
+    for f in fields(result):  # every other field travels as it is (fields added later too)
+        if f.name not in ("images", "slot", "paths", "urls"):
+            assert getattr(got, f.name) == getattr(result, f.name), f.name
 
 
 def test_errors_cross_the_wire_as_the_same_kinds():
