@@ -96,12 +96,15 @@ def test_an_override_wins_and_names_who_chose() -> None:
 
 @pytest.fixture(scope="module")
 def models(cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A models folder: tiny-sd's files as 'staged-sd' with atelier.json placement staged."""
+    """A models folder: tiny-sd's (tiny-sdxl's, tiny-flux's) files as 'staged-sd' ('staged-xl',
+    'staged-flux') with atelier.json placement staged."""
     from pipelines.builtin import ensure_model
 
     folder = tmp_path_factory.mktemp("placement-models")
     shutil.copytree(ensure_model("tiny-sd", cache_root), folder / "staged-sd")
     (folder / "staged-sd" / "atelier.json").write_text(json.dumps({"placement": "staged"}))
+    shutil.copytree(ensure_model("tiny-sdxl", cache_root), folder / "staged-xl")
+    (folder / "staged-xl" / "atelier.json").write_text(json.dumps({"placement": "staged"}))
     shutil.copytree(ensure_model("tiny-flux", cache_root), folder / "staged-flux")
     (folder / "staged-flux" / "atelier.json").write_text(json.dumps({"placement": "staged"}))
     return folder
@@ -169,7 +172,7 @@ def test_staged_makes_the_same_pixels_and_records_the_placement(engine) -> None:
     assert str(loaded.pipeline.text_encoder.device) == "cpu"
 
 
-@pytest.mark.parametrize("case", ["lora+hires", "img2img"])
+@pytest.mark.parametrize("case", ["lora+hires", "img2img", "sdxl"])
 def test_staged_with_loras_hires_fix_and_img2img_gives_the_same_pixels(engine, case) -> None:
     from PIL import Image
 
@@ -185,7 +188,8 @@ def test_staged_with_loras_hires_fix_and_img2img_gives_the_same_pixels(engine, c
                                                  height=64, num_inference_steps=2, **extra),
                                inputs=inputs)  # fmt: skip
 
-    staged, plain = make("staged-sd"), make("tiny-sd")
+    pair = ("staged-xl", "tiny-sdxl") if case == "sdxl" else ("staged-sd", "tiny-sd")
+    staged, plain = make(pair[0]), make(pair[1])
     assert staged.placement == "staged (model)"
     for a, b in zip(staged.images, plain.images, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
