@@ -47,7 +47,7 @@ def cluster(cache_root: Path) -> Iterator[None]:
     serve.start(proxy_location="Disabled")
     no_folders = {k: "" for k in ("models_dir", "loras_dir", "controlnets_dir", "embeddings_dir",
                                   "vae_dir", "annotators_dir")}  # fmt: skip
-    settings = {**no_folders, "cache_dir": str(cache_root), "devices": ["cpu"]}
+    settings = {**no_folders, "cache_dir": str(cache_root), "devices": ["cpu"], "preview_every": 2}
     app = build_app({"settings": settings, "num_replicas": 2, "num_cpus": 1, "max_models": 2,
                      "torch_threads": 1})  # fmt: skip
     serve.run(app, name=APP_NAME, route_prefix=None)
@@ -105,8 +105,10 @@ def test_events_stream_from_the_replica(remote):
     events = list(job.events(timeout=180))
     kinds = [e.kind for e in events]
     assert kinds[-1] == "result" and "started" in kinds, kinds
-    steps = [(e.step, e.total) for e in events if e.kind == "progress"]
+    steps = [(e.step, e.total) for e in events if e.kind in ("progress", "preview")]
     assert steps == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    previews = [e for e in events if e.kind == "preview"]  # the replica's preview_every: 2
+    assert [e.step for e in previews] == [2] and previews[0].preview.width > 0
     assert next(e for e in events if e.kind == "started").slot in ("ray#0", "ray#1")
     assert events[kinds.index("progress") + 2].eta is not None  # from measured steps
 
