@@ -391,7 +391,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if zerogpu:
         manager.preload(manager.settings.default_model)  # outside the GPU function
     demo, assets = build_studio(manager, values["outputs_dir"],
-                                trusted_proxies=trusted_proxies(server))  # fmt: skip
+                                trusted_proxies=trusted_proxies(server),
+                                public=server["public_resolved"])  # fmt: skip
     rest.launch(demo, {**launch_options(server), **assets}, server)  # + REST APIs with --api
     return 0
 

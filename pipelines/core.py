@@ -24,7 +24,7 @@ from .vaes import VaeLibrary
 @dataclass(frozen=True)
 class EngineSettings:
     devices: tuple[str, ...] = ()  # () = every CUDA GPU, else one CPU slot
-    default_model: str = "tiny-sd"
+    default_model: str = "atelier-shapes"  # the trained built-in model (assets/)
     models_dir: Path | None = None
     loras_dir: Path | None = None
     controlnets_dir: Path | None = None

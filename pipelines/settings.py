@@ -61,7 +61,8 @@ def _devices(text: str) -> tuple[str, ...]:
 
 
 ENGINE_SETTINGS: tuple[Setting, ...] = (
-    Setting("default_model", "tiny-sd", "model used when a request names none"),
+    Setting("default_model", "atelier-shapes", "model used when a request names none (the "
+            "built-in trained atelier-shapes; tiny-sd etc. are random-weight test models)"),
     Setting("models_dir", "models", "folder of diffusers model folders (each becomes a model)"),
     Setting("loras_dir", "loras", "folder scanned recursively for LoRA .safetensors files"),
     Setting("controlnets_dir", "controlnets", "folder of diffusers ControlNet folders"),

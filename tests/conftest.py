@@ -11,6 +11,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # them): the tests run several engines, servers and workers at once, and two threads
 # each on this 2-core machine made a 2-step tiny job ~50x slower under load.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The default model of app.py is the trained atelier-shapes; the architecture and
+# parity tests run on the random tiny-sd (every fixture passes it; CLI subprocesses
+# read this). tests/test_shapes_meaning.py tests atelier-shapes by name.
+os.environ.setdefault("ATELIER_DEFAULT_MODEL", "tiny-sd")
 
 from collections.abc import Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -32,7 +36,7 @@ def manager(cache_root: Path):
     from pipelines import EngineSettings, PipelineManager
 
     return PipelineManager(
-        EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=None, models_dir=None)
+        EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, loras_dir=None, models_dir=None)
     )
 
 
@@ -73,7 +77,7 @@ def engine(cache_root: Path, listeners: list):
     """One engine per module whose job events go to the functions in `listeners`."""
     from pipelines import EngineSettings, PipelineManager
 
-    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=None,
+    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, loras_dir=None,
                                        models_dir=None))  # fmt: skip
     m.jobs.add_listener(lambda job, event: [f(job, event) for f in list(listeners)])
     return m

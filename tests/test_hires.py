@@ -28,7 +28,7 @@ BASE = dict(prompt="a lighthouse at dusk", negative_prompt="blurry", model="tiny
 def engine(cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> PipelineManager:
     folder = tmp_path_factory.mktemp("upscalers")
     tiny_upscaler(folder / "tiny-2x.safetensors", scale=2)
-    return PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root,
+    return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
                                           loras_dir=None, models_dir=None,
                                           upscalers_dir=folder))  # fmt: skip
 

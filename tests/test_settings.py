@@ -27,9 +27,17 @@ def test_flag_beats_environment_beats_default():
     env = {"ATELIER_DEVICES": "cpu,cpu", "ATELIER_PREVIEW_EVERY": "3", "ATELIER_DTYPE": "float16"}
     values = resolve(ENGINE_SETTINGS, parser.parse_args(["--dtype", "bfloat16"]), env)
     assert values["devices"] == ("cpu", "cpu") and values["preview_every"] == 3
-    assert values["dtype"] == "bfloat16" and values["default_model"] == "tiny-sd"
+    assert values["dtype"] == "bfloat16" and values["default_model"] == "atelier-shapes"
     settings = engine_settings(values)
     assert settings.devices == ("cpu", "cpu") and settings.load.dtype == "bfloat16"
+
+
+def test_the_default_model_is_the_trained_one_for_app_and_engine():
+    from pipelines import EngineSettings, builtin
+
+    assert builtin.shipped_model() is not None, "assets/atelier-shapes is committed"
+    default = next(s.default for s in ENGINE_SETTINGS if s.name == "default_model")
+    assert default == EngineSettings().default_model == builtin.SHIPPED_MODEL
 
 
 def test_settings_flags_work_before_and_after_the_subcommand():

@@ -40,7 +40,7 @@ CONTROL = square()
 
 @pytest.fixture(scope="module")
 def tm(cache_root):
-    return PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root))
+    return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root))
 
 
 def px(result):
@@ -182,7 +182,7 @@ def test_controlnet_on_flux_is_refused(tm):
 
 
 def test_tasks_share_the_cached_modules_and_add_only_the_controlnet(cache_root):
-    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root))
+    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root))
     m.generate(GenerationRequest(**BASE))
     slot = m.slots[0]
     base_bytes = slot.cache.total_bytes()
@@ -240,7 +240,7 @@ def test_sdxl_controlnet_equals_direct_diffusers(cache_root, tmp_path):
             if not p.any():
                 p.normal_(0, 0.02)
     cn.save_pretrained(tmp_path / "cn" / "xl-canny")
-    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root,
+    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
                                        controlnets_dir=tmp_path / "cn"))  # fmt: skip
     assert m.controlnets.names("sdxl") == ["xl-canny"]
     unit = {"model": "xl-canny", "weight": 0.7}

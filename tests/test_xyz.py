@@ -71,7 +71,7 @@ def test_invalid_cell_fails_before_anything_runs(engine):
 def test_work_budget_covers_the_whole_plot(cache_root):
     from pipelines import EngineSettings, PipelineManager
 
-    m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=None,
+    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, loras_dir=None,
                                        models_dir=None, max_work=64 * 64 * 2 * 3))  # fmt: skip
     m.submit(XyzJob(GenerationRequest(**BASE), (parse_axis("x", "seed: 1,2,3"),))).cancel()
     with pytest.raises(LimitError):

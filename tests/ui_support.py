@@ -43,7 +43,7 @@ def launched_studio(
     from pipelines import EngineSettings, PipelineManager
     from ui.studio import build_studio
 
-    manager = PipelineManager(EngineSettings(devices=devices, cache_root=cache_root,
+    manager = PipelineManager(EngineSettings(default_model="tiny-sd", devices=devices, cache_root=cache_root,
                                              loras_dir=None, models_dir=None,
                                              **(engine or {})))  # fmt: skip
     demo, assets = build_studio(manager, outputs, **build_options)

@@ -165,7 +165,7 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
             from pipelines.image_job import ImageJob
 
             def publish(result: Any) -> tuple[Any, Any, Any]:
-                paths = ctx.store.publish(result)
+                paths = ctx.store.publish(result, ctx.caller(request))
                 return [str(p) for p in paths], result.infotexts[0], result.seeds[0]
 
             with shown_as_gradio_errors(), refusals_recorded(ctx, task_id, ctx.caller(request)):

@@ -32,6 +32,7 @@ class StudioContext:
     manager: PipelineManager  # not imported at run time: no torch at import
     store: ImageStore
     trusted_proxies: frozenset[str] = frozenset()  # whose X-Forwarded-For is believed
+    public: bool = False  # a public studio: each visitor sees only their own outputs
 
     @classmethod
     def create(
@@ -39,13 +40,20 @@ class StudioContext:
         manager: PipelineManager,
         outputs_dir: str | Path | None,
         trusted_proxies: frozenset[str] = frozenset(),
+        public: bool = False,
     ) -> StudioContext:
         folder = None if outputs_dir in (None, "", "off") else Path(str(outputs_dir)).expanduser()
-        return cls(manager, ImageStore(folder), trusted_proxies)
+        return cls(manager, ImageStore(folder), trusted_proxies, public)
 
     @property
     def slots(self) -> int:
         return len(self.manager.slots)
+
+    @property
+    def cpu_only(self) -> bool:
+        """Every device slot is a CPU: the studio offers small, quick defaults."""
+        slots = self.manager.slots
+        return bool(slots) and all(s.device.type == "cpu" for s in slots)
 
     @property
     def default_model(self) -> str:
@@ -74,6 +82,14 @@ class StudioContext:
         peer = getattr(client, "host", None) or "unknown"
         forwarded = request.headers.get("x-forwarded-for", "")
         return "addr:" + client_address(peer, forwarded, self.trusted_proxies)
+
+
+    def outputs_viewer(self, request: gr.Request | None) -> str | None:
+        """Whose outputs the Outputs tab lists: None (every file in the folder) on a
+        private studio without logins; else only the caller's own (a logged-in user,
+        or on a public studio the caller's address)."""
+        logged_in = request is not None and getattr(request, "username", None)
+        return self.caller(request) if (logged_in or self.public) else None
 
 
 def client_address(peer: str, forwarded_for: str, trusted: frozenset[str]) -> str:

@@ -198,8 +198,9 @@ def _build_unit(
         module = gr.Dropdown(labels, value=defaults["module"], label="Preprocessor", scale=3,
                              elem_id=f"{prefix}-module")  # fmt: skip
         preview = gr.Button("Preview preprocessor", scale=1, elem_id=f"{prefix}-preview")
-        model = gr.Dropdown(models, value=models[0] if models else None, label="ControlNet",
-                            scale=3, elem_id=f"{prefix}-model")  # fmt: skip
+    # A row of its own: ControlNet names are long (control_v11p_sd15_canny) and were cut.
+    model = gr.Dropdown(models, value=models[0] if models else None, label="ControlNet",
+                        elem_id=f"{prefix}-model")  # fmt: skip
     module_note = gr.Markdown(visible=False, elem_id=f"{prefix}-note")
     with gr.Row():
         weight = gr.Slider(0.0, 2.0, value=defaults["weight"], step=0.05, label="Weight",

@@ -11,7 +11,7 @@ from typing import Any
 import gradio as gr
 
 from ui.context import HISTORY_LIMIT, StudioContext
-from ui.form import error_markdown, family_updates, studio_form, widget_specs
+from ui.form import error_markdown, family_updates, for_device, studio_form, widget_specs
 from ui.hires_panel import apply_extras, split_extras
 from ui.lora_panel import refresh_search
 from ui.runner import progress_text, queue_text, stream_job
@@ -39,7 +39,10 @@ def generate(
         numbers.extend(form.unit_numbers)
         return ctx.manager.submit(job_of(ctx, values, form), caller)
 
-    yield from job_updates(submit, lambda result: finished(ctx, result, old_history), progress,
+    def finish(result: Any) -> dict[str, Any]:
+        return finished(ctx, result, old_history, caller)
+
+    yield from job_updates(submit, finish, progress,
                            error_text=lambda e: error_markdown(e, numbers))  # fmt: skip
 
 
@@ -96,9 +99,12 @@ def running(event: Any, shown: Callable[[Any], Any] = lambda image: image) -> di
     return update
 
 
-def finished(ctx: StudioContext, result: Any, old_history: list) -> dict[str, Any]:
-    """Every result output for a finished job: files published, history extended."""
-    paths = ctx.store.publish(result)
+def finished(
+    ctx: StudioContext, result: Any, old_history: list, caller: str | None = None
+) -> dict[str, Any]:
+    """Every result output for a finished job: files published (and their owner
+    recorded), history extended."""
+    paths = ctx.store.publish(result, caller)
     items = [(str(p), f"seed {s}") for p, s in zip(paths, result.seeds, strict=True)]
     new_history = (items[::-1] + list(old_history))[:HISTORY_LIMIT]
     t = result.timings
@@ -145,7 +151,7 @@ def pick(items: list, index: int | None) -> tuple[str, str | None]:
 def model_changed(ctx: StudioContext, name: str, units: int) -> list[Any]:
     """Sampler and sliders at the family's defaults, the LoRA search for the family, and
     each of `units` ControlNet dropdowns offering the family's ControlNets."""
-    fam = ctx.manager.registry.family_of(name)
+    fam = for_device(ctx.manager.registry.family_of(name), ctx.cpu_only)
     cn = ctx.manager.controlnets.names(fam.name)
     dropdowns = [gr.Dropdown(choices=cn, value=cn[0] if cn else None) for _ in range(units)]
     return [*family_updates(fam, widget_specs(fam), FAMILY_SLIDERS),

@@ -18,7 +18,7 @@ from pipelines.request import MAX_CLIP_SKIP
 from ui import generate_handlers as handlers
 from ui.context import StudioContext
 from ui.control_panel import ControlPanel, build_control_panel
-from ui.form import loras_from_slots, widget_specs
+from ui.form import for_device, loras_from_slots, widget_specs
 from ui.hires_panel import build_hires_panel
 from ui.img2img_panel import Img2ImgPanel, build_img2img_panel
 from ui.lora_panel import LoraPanel, build_lora_panel
@@ -43,16 +43,25 @@ class GenerateTab:
     selected: gr.State  # path of the selected result image
     send_to_pnginfo: gr.Button
     event: Any  # the generation event (Stop cancels it)
+    sections: dict[str, gr.Accordion]  # "img2img", "controlnet": opened when restored
 
     def restore_outputs(self) -> list[Any]:
         """Components "Send to Generate" sets besides `widgets` and the LoRA rows."""
-        return [*self.img2img.restore_outputs(), *self.control.restore_outputs()]
+        return [*self.img2img.restore_outputs(), *self.control.restore_outputs(),
+                self.sections["img2img"], self.sections["controlnet"]]  # fmt: skip
 
-    def restore(self, manager: PipelineManager, values: dict[str, Any], family: str) -> list[Any]:
-        """Updates for `restore_outputs` from ui.form.widgets_from_request's values."""
+    def restore(
+        self, manager: PipelineManager, values: dict[str, Any], family: str,
+        img2img_used: bool = False,
+    ) -> list[Any]:  # fmt: skip
+        """Updates for `restore_outputs` from ui.form.widgets_from_request's values. A
+        section the pasted settings use is opened, so the user sees it is on (a
+        ControlNet unit enabled inside a closed accordion went unnoticed)."""
         choices = manager.controlnets.names(family)
-        return [*self.img2img.restore(values), *self.control.restore(values["controlnets"],
-                                                                     choices)]  # fmt: skip
+        units = values["controlnets"]
+        return [*self.img2img.restore(values), *self.control.restore(units, choices),
+                gr.Accordion(open=True) if img2img_used else gr.skip(),
+                gr.Accordion(open=True) if units else gr.skip()]  # fmt: skip
 
     def restore_prompt_outputs(self) -> list[Any]:
         """Clip skip and VAE, for "Send to Generate" (ui/studio.py adds them to its outputs)."""
@@ -76,11 +85,13 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
 
     models = ctx.manager.models("image")
     model_name = ctx.default_model if ctx.default_model in models else next(iter(models))
-    family = models[model_name]
+    family = for_device(models[model_name], ctx.cpu_only)  # CPU: fewer steps
     specs = widget_specs(family)
+    # Ids for the phone layout (ui/studio.py CSS): on a narrow screen the left column
+    # dissolves so that prompt, then Generate and the result, then the settings stack.
     with gr.Blocks() as blocks:
-        with gr.Row():
-            with gr.Column(scale=5):
+        with gr.Row(elem_id="atelier-main"):
+            with gr.Column(scale=5, elem_id="atelier-left"):
                 prompt = gr.Textbox(label="Prompt", lines=3, elem_id="atelier-prompt",
                                     placeholder="what to draw (Ctrl+Enter generates)")  # fmt: skip
                 negative = gr.Textbox(label="Negative prompt", lines=2, elem_id="atelier-negative")
@@ -99,7 +110,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                 with gr.Row():
                     width = gr.Slider(**specs["width"], label="Width", elem_id="atelier-width")
                     height = gr.Slider(**specs["height"], label="Height", elem_id="atelier-height")
-                with gr.Row(equal_height=True):
+                with gr.Row(equal_height=True, elem_id="atelier-seed-row"):
                     seed = gr.Number(-1, precision=0, label="Seed (-1 = random)", scale=4,
                                      elem_id="atelier-seed")  # fmt: skip
                     random_seed = gr.Button(
@@ -138,13 +149,14 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                     xyz = build_xyz_panel()
                 selected = gr.State(None)
                 with gr.Accordion("Image to image / Inpaint", open=False,
-                                  elem_id="atelier-img2img"):  # fmt: skip
+                                  elem_id="atelier-img2img") as img2img_box:  # fmt: skip
                     img2img = build_img2img_panel(selected)
-                with gr.Accordion("ControlNet", open=False, elem_id="atelier-controlnet"):
+                with gr.Accordion("ControlNet", open=False,
+                                  elem_id="atelier-controlnet") as control_box:  # fmt: skip
                     control = build_control_panel(ctx.manager, family.name,
                                                   [model, width, height, seed])  # fmt: skip
-            with gr.Column(scale=6):
-                with gr.Row():
+            with gr.Column(scale=6, elem_id="atelier-right"):
+                with gr.Row(elem_id="atelier-buttons"):
                     run = gr.Button("Generate", variant="primary", elem_id="atelier-generate")
                     stop = gr.Button("Stop", variant="stop", elem_id="atelier-stop")
                 error = gr.Markdown(visible=False, elem_id="atelier-error")
@@ -236,6 +248,12 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
         )  # fmt: skip
         stop.click(None, cancels=[event, plot_event], api_name="stop",
                    api_visibility="undocumented")  # fmt: skip
+        # A field error goes as soon as the form changes (also when "Send to Generate"
+        # sets it) and when the next run starts: in the browser only, no request per
+        # keystroke. An empty error box is hidden by the studio's CSS.
+        for component in {*by_component, *lora_inputs, *control.inputs()}:
+            component.change(None, None, error, js="() => ''", queue=False,
+                             api_visibility="private")  # fmt: skip
 
         def pick(evt: gr.SelectData, items: list) -> tuple[str, str | None]:
             return handlers.pick(items, evt.index)
@@ -271,7 +289,7 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
         loras.refresh.click(on_refresh, model, [model, loras.search], api_name="refresh_loras",
                             api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
     return GenerateTab(blocks, widgets, loras, img2img, control, gallery, selected, to_pnginfo,
-                       event)  # fmt: skip
+                       event, {"img2img": img2img_box, "controlnet": control_box})  # fmt: skip
 
 
 if __name__ == "__main__":  # python -m ui.generate_tab: this tab alone, built-in model

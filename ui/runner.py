@@ -65,6 +65,20 @@ def progress_text(event: JobEvent) -> str:
     return text
 
 
+def status_line(status: dict[str, Any], cpu_only: bool) -> str:
+    """The studio's status line from `manager.status()`: devices free/busy (and what
+    each busy one runs), jobs waiting; on a CPU-only server, that defaults are reduced."""
+    slots = status["slots"]
+    busy = [s for s in slots if s["busy"]]
+    parts = [f"{len(slots) - len(busy)} of {len(slots)} device(s) free"]
+    parts += [f"{s['slot']} busy ({s['kind'] or 'job'}{', ' + s['model'] if s['model'] else ''})"
+              for s in busy]  # fmt: skip
+    parts.append(f"{status['waiting']} waiting")
+    if cpu_only:
+        parts.append("CPU server: defaults reduced")
+    return " · ".join(parts)
+
+
 def unit_of(event: JobEvent) -> str:
     """What a progress event counts: bytes (download, first hash) or steps."""
     return "bytes" if event.kind in ("download", "hashing") else "steps"
@@ -124,15 +138,19 @@ class ImageStore:
     """
 
     def __init__(self, outputs_dir: Path | None, max_bytes: int = 2 * 2**30) -> None:
+        from ui.outputs_browser import OutputsBrowser
+
         self.outputs_dir = outputs_dir
         self.max_bytes = max_bytes
+        self.browser = OutputsBrowser(outputs_dir)  # the Outputs tab; owners of saved files
         self.scratch = Path(tempfile.mkdtemp(prefix="atelier-ui-"))
         atexit.register(self.close)
 
-    def publish(self, result: Any) -> list[Path]:
+    def publish(self, result: Any, owner: str | None = None) -> list[Path]:
         """Copies of the result's PNGs in a new scratch folder. The engine saved them
         into the outputs folder as each was decoded when the job said so
-        (`result.paths`); otherwise they are saved here."""
+        (`result.paths`); otherwise they are saved here. `owner` (the caller) is
+        recorded for the Outputs tab."""
         from pipelines.outputs import save_result
 
         request_dir = self.new_folder()
@@ -141,6 +159,8 @@ class ImageStore:
             if self.outputs_dir is None:
                 return save_result(result, request_dir)
             saved = save_result(result, self.outputs_dir)
+        if owner is not None:
+            self.browser.record(list(saved), owner)
         copies = []
         for path in saved:
             copy = request_dir / path.name

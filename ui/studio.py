@@ -20,7 +20,9 @@ from ui.extras_tab import build_extras_tab
 from ui.form import widget_specs, widgets_from_request
 from ui.generate_tab import GenerateTab, build_generate_tab
 from ui.lora_panel import fill
+from ui.outputs_tab import OutputsTab, build_outputs_tab
 from ui.pnginfo_tab import PngInfoTab, build_pnginfo_tab, describe, wire_details
+from ui.runner import status_line
 from ui.video_tab import render_video
 from ui.xyz_api import build_xyz_api
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 TITLE = "Atelier"
 CACHE_CLEANING = (3600, 86400)  # (every s, files older than s) in Gradio's cache
+STATUS_EVERY_S = 4.0  # the status line's refresh (one small request per open page)
 # Ctrl+Enter (Cmd+Enter on a Mac) in either prompt clicks Generate, as in A1111.
 SHORTCUTS_JS = """
 () => {
@@ -42,6 +45,28 @@ SHORTCUTS_JS = """
 """
 CSS = """
 #atelier-error { border-left: 4px solid var(--error-border-color, #d33); padding-left: .6em; }
+#atelier-video-error { border-left: 4px solid var(--error-border-color, #d33); padding-left: .6em; }
+#atelier-error:not(:has(p)), #atelier-video-error:not(:has(p)) { display: none; }  /* cleared */
+#atelier-statusline { text-align: right; opacity: .8; }
+#atelier-random, #atelier-reuse { white-space: nowrap; }
+#atelier-controlnet input, #atelier-img2img input { text-overflow: clip; }
+/* A phone (390 px wide): prompt, then Generate/Stop and the latest result, then the
+   settings. The left column and the prompts' group dissolve (display: contents), so
+   their children are ordered as items of the main row. */
+@media (max-width: 640px) {
+  #atelier-header { flex-wrap: nowrap; align-items: baseline; }
+  #atelier-header h2 { font-size: 1.15rem; margin: 0; }
+  #atelier-statusline { font-size: .75rem; }
+  #atelier-main { flex-direction: column; flex-wrap: nowrap; }
+  #atelier-left, #atelier-left > *:has(#atelier-prompt) { display: contents; }
+  #atelier-left > *, #atelier-left > * > * { order: 3; }
+  #atelier-prompt { order: 1 !important; }
+  #atelier-right { order: 2; }
+  #atelier-buttons, #atelier-seed-row { flex-wrap: nowrap; }
+  #atelier-buttons > * { min-width: 0 !important; }
+  #atelier-seed-row > *:first-child { min-width: 0 !important; flex: 1 1 0; }
+  #atelier-gallery { height: 300px !important; max-height: 300px; }
+}
 """
 
 
@@ -109,7 +134,9 @@ def send_to_generate(
         out[w[name]] = gr.Slider(**spec)
     return [*(out[c] for c in send_outputs(gen)[:len(out)]),
             *fill(loras, lora_choices(ctx.manager, None)),
-            *gen.restore(ctx.manager, values, family.name),
+            *gen.restore(ctx.manager, values, family.name,
+                         img2img_used="Denoising strength" in found.params
+                         and "Hires upscale" not in found.params),
             *gen.restore_prompt(ctx.manager, values),
             gr.Tabs(selected="generate")]  # fmt: skip
 
@@ -133,6 +160,7 @@ def build_studio(
     outputs_dir: str | Path | None = "outputs",
     queue_size: int | None = None,
     trusted_proxies: frozenset[str] = frozenset(),
+    public: bool = False,
 ) -> tuple[gr.Blocks, dict[str, Any]]:
     """The whole studio over `manager`, and extra keyword arguments for `launch()`.
 
@@ -142,14 +170,18 @@ def build_studio(
     enter Gradio's queue are limited by the same engine."""
     if queue_size is not None:
         manager.jobs.limits = replace(manager.jobs.limits, queue_size=queue_size)
-    ctx = StudioContext.create(manager, outputs_dir, trusted_proxies)
+    ctx = StudioContext.create(manager, outputs_dir, trusted_proxies, public)
     gen = build_generate_tab(ctx)
     info = build_pnginfo_tab(manager.settings.max_image_pixels)
+    outputs = build_outputs_tab(ctx)
     api = build_api(ctx)
     # Gradio's cache (uploads, served copies): files older than a day go every hour,
     # and all of this app's at shutdown.
     with gr.Blocks(title=TITLE, analytics_enabled=False, delete_cache=CACHE_CLEANING) as demo:
-        gr.Markdown(f"## {TITLE}", elem_id="atelier-title")
+        with gr.Row(elem_id="atelier-header"):
+            gr.Markdown(f"## {TITLE}", elem_id="atelier-title")
+            status = gr.Markdown(status_line(manager.status(), ctx.cpu_only),
+                                 elem_id="atelier-statusline")  # fmt: skip
         with gr.Tabs() as tabs:
             with gr.Tab("Generate", id="generate"):
                 gen.blocks.render()
@@ -158,9 +190,17 @@ def build_studio(
                 build_extras_tab(ctx).render()
             with gr.Tab("PNG Info", id="pnginfo"):
                 info.blocks.render()
+            with gr.Tab("Outputs", id="outputs") as outputs_tab:
+                outputs.blocks.render()
         api.render()
         build_xyz_api(ctx).render()  # /xyz (the studio's plot: the Generate tab's Scripts)
         wire(ctx, gen, info, tabs)
+        wire_outputs(ctx, gen, info, outputs, tabs)
+        outputs_tab.select(outputs.load[0], None, outputs.load[1], api_visibility="private",
+                           concurrency_limit=None)  # fmt: skip
+        # Not queued: the line answers while every worker waits on a generation.
+        gr.Timer(STATUS_EVERY_S).tick(lambda: status_line(manager.status(), ctx.cpu_only), None,
+                                      status, queue=False, api_visibility="private")  # fmt: skip
     demo.queue(max_size=None, default_concurrency_limit=ctx.slots)
     demo.atelier_context = ctx  # tests and app.py reach the store through the app
     return demo, {**launch_assets(), "max_threads": ctx.max_threads()}
@@ -186,6 +226,25 @@ def wire(ctx: StudioContext, gen: GenerateTab, info: PngInfoTab, tabs: gr.Tabs) 
     gen.send_to_pnginfo.click(
         lambda path: (path, gr.Tabs(selected="pnginfo")), gen.selected, [info.image, tabs],
         api_name="send_to_pnginfo", api_visibility="undocumented", concurrency_limit=None,
+    )  # fmt: skip
+
+
+def wire_outputs(
+    ctx: StudioContext, gen: GenerateTab, info: PngInfoTab, outputs: OutputsTab, tabs: gr.Tabs
+) -> None:
+    """The Outputs tab's "Send to Generate" (its infotext, as PNG Info sends it) and
+    "Send to PNG Info" (the file itself, so PNG Info reads what the file holds)."""
+    model = gen.widgets["model"]
+    outputs.send_generate.click(
+        lambda text, model: send_to_generate(ctx, gen, text, model),
+        [outputs.infotext, model],
+        [*send_outputs(gen), *gen.loras.outputs(), *gen.restore_outputs(),
+         *gen.restore_prompt_outputs(), tabs],
+        api_visibility="private", concurrency_limit=None,
+    )  # fmt: skip
+    outputs.send_pnginfo.click(
+        lambda path: (path, gr.Tabs(selected="pnginfo")), outputs.selected, [info.image, tabs],
+        api_visibility="private", concurrency_limit=None,
     )  # fmt: skip
 
 

@@ -113,7 +113,7 @@ def add_video_api(ctx: StudioContext) -> None:
                                open_image("end_image", end_image, pixels))  # fmt: skip
 
             def publish(result: Any) -> tuple[Any, Any, Any]:
-                files = publish_video(ctx.store, result, fmt)
+                files = publish_video(ctx.store, result, fmt, ctx.caller(request))
                 return str(files.file), str(files.parameters), result.seed
 
             yield from endpoint_stream(ctx.manager, job, ctx.caller(request), publish, 3, progress)

@@ -58,7 +58,10 @@ def generate(
     def submit() -> Any:
         return ctx.manager.submit(job_of(ctx, values, start, end), caller)
 
-    yield from job_updates(submit, lambda result: finished(ctx, result, fmt), progress, enlarged)
+    def finish(result: Any) -> dict[str, Any]:
+        return finished(ctx, result, fmt, caller)
+
+    yield from job_updates(submit, finish, progress, enlarged)
 
 
 def job_of(ctx: StudioContext, values: Mapping[str, Any], start: Any, end: Any) -> Any:
@@ -76,10 +79,12 @@ def job_of(ctx: StudioContext, values: Mapping[str, Any], start: Any, end: Any) 
     return VideoJob(request, start, end)
 
 
-def finished(ctx: StudioContext, result: Any, fmt: str | None) -> dict[str, Any]:
+def finished(
+    ctx: StudioContext, result: Any, fmt: str | None, caller: str | None = None
+) -> dict[str, Any]:
     """Every result output for a finished video job: files published for the player
     and the download buttons."""
-    files = publish_video(ctx.store, result, fmt or DEFAULT_FORMAT)
+    files = publish_video(ctx.store, result, fmt or DEFAULT_FORMAT, caller)
     label = f"Download {files.file.suffix[1:].upper()}"
     req = result.request
     return {

@@ -26,7 +26,9 @@ class PublishedVideo:
     player: Path  # an H.264 MP4 of the same frames, for gr.Video
 
 
-def publish_video(store: ImageStore, result: Any, fmt: str) -> PublishedVideo:
+def publish_video(
+    store: ImageStore, result: Any, fmt: str, owner: str | None = None
+) -> PublishedVideo:
     from pipelines.export import save_video, write_mp4
 
     fps = result.request.fps
@@ -36,6 +38,8 @@ def publish_video(store: ImageStore, result: Any, fmt: str) -> PublishedVideo:
         file, sidecar = save_video(result.frames, request_dir, fps, result.parameters, fmt, stem)
     else:
         saved = save_video(result.frames, store.outputs_dir, fps, result.parameters, fmt, stem)
+        if owner is not None:
+            store.browser.record([saved[0]], owner)
         file, sidecar = (request_dir / p.name for p in saved)
         for src, dst in zip(saved, (file, sidecar), strict=True):
             shutil.copyfile(src, dst)  # same bytes and metadata; no re-encode

@@ -18,6 +18,7 @@ import gradio as gr
 from ui import video_handlers as handlers
 from ui.components import ImageUpload
 from ui.context import StudioContext
+from ui.form import for_device
 from ui.runner import gpu, gpu_seconds, progress_text, unit_of
 from ui.video_api import add_video_api
 from ui.video_form import DEFAULT_FORMAT, image_inputs, video_models, video_specs
@@ -46,7 +47,7 @@ def build_video_tab(ctx: StudioContext) -> VideoTab:
     if not models:
         raise RuntimeError("no video models: the built-in tiny-wan should always be listed")
     model_name = next(iter(models))
-    family = models[model_name]
+    family = for_device(models[model_name], ctx.cpu_only)  # CPU: a short, small clip
     specs, shown = video_specs(family), image_inputs(family)
     with gr.Column() as column:
         with gr.Row():
@@ -175,13 +176,17 @@ def build_video_tab(ctx: StudioContext) -> VideoTab:
             **ctx.gpu_event(),
         )
         stop.click(None, cancels=[event], api_name="stop_video", api_visibility="undocumented")
+        for component in {*widgets.values(), image, end_image}:  # errors go on the next change
+            component.change(None, None, error, js="() => ''", queue=False,
+                             api_visibility="private")  # fmt: skip
         random_seed.click(lambda: -1, None, seed, api_name="video_random_seed",
                           api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
         reuse_seed.click(lambda s: s, last_seed, seed, api_name="video_reuse_seed",
                          api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
 
         def on_model(name: str) -> list[Any]:
-            return handlers.family_changed(ctx.manager.registry.family_of(name))
+            family = ctx.manager.registry.family_of(name)
+            return handlers.family_changed(for_device(family, ctx.cpu_only))
 
         model.input(on_model, model,
                     [scheduler, frames, width, height, steps, cfg, cfg2, image, end_image],

@@ -351,6 +351,15 @@ def export_pipeline(out: Path, vae, text_encoder, tok, unet, info: dict) -> None
     )
     pipe.save_pretrained(out / MODEL, safe_serialization=True)
     (out / MODEL / "atelier.json").write_text(json.dumps({**DEFAULTS, "training": info}, indent=2))
+    strip_local_paths(out / MODEL)
+
+
+def strip_local_paths(folder: Path) -> None:
+    """Drop `_name_or_path` (this machine's training folder) from the exported configs."""
+    for path in folder.rglob("*.json"):
+        config = json.loads(path.read_text())
+        if isinstance(config, dict) and config.pop("_name_or_path", None) is not None:
+            path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def stage_done(out: Path, stage: str) -> bool:
@@ -510,6 +519,7 @@ def stage_controlnet(plan: Plan, workdir: Path, out: Path) -> None:
     copy.deepcopy(controlnet).eval().half().save_pretrained(
         out / CONTROLNET, safe_serialization=True
     )
+    strip_local_paths(out / CONTROLNET)
 
 
 def stage_lora(plan: Plan, workdir: Path, out: Path) -> None:
