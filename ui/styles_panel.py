@@ -32,7 +32,8 @@ def save_style(manager: Any, name: str, prompt: str, negative: str,
         style = manager.styles.save(name, prompt or "", negative or "")
     except RequestError as e:
         return gr.Dropdown(), f"**{e.field}**: {e.rule}"
-    return (gr.Dropdown(choices=style_choices(manager), value=list(chosen or [])),
+    names = style_choices(manager)
+    return (gr.Dropdown(choices=names, value=[c for c in chosen or [] if c in names]),
             f"Saved style **{style.name}**.")  # fmt: skip
 
 
