@@ -51,6 +51,10 @@ def family_of(folder: Path) -> str:
     return "sd15"
 
 
+# The built-in ControlNets and the model each was made for.
+BUILT_FOR = {builtin.TINY_CONTROLNET: "tiny-sd", builtin.SHIPPED_CONTROLNET: builtin.SHIPPED_MODEL}
+
+
 class ControlNetLibrary:
     def __init__(
         self,
@@ -72,13 +76,21 @@ class ControlNetLibrary:
                     found[child.name] = child
         return found
 
-    def names(self, family: str | None = None) -> list[str]:
-        """ControlNet names (of one family), without building or loading anything."""
+    def names(self, family: str | None = None, model: str | None = None) -> list[str]:
+        """ControlNet names (of one family), without building or loading anything.
+
+        With `model`: the built-in ControlNets are each made for one built-in model
+        (BUILT_FOR; other shapes of UNet cannot take them), so only the one made for
+        `model` is listed, first; the user's ControlNets follow."""
         found = {builtin.TINY_CONTROLNET: "sd15"}
         if builtin.shipped_controlnet() is not None:
             found[builtin.SHIPPED_CONTROLNET] = "sd15"
         found.update((n, family_of(p)) for n, p in self._user_folders().items())
-        return [n for n, f in found.items() if family is None or f == family]
+        names = [n for n, f in found.items() if family is None or f == family]
+        if model is None:
+            return names
+        made_for = [n for n in names if BUILT_FOR.get(n) == model]
+        return made_for + [n for n in names if n not in BUILT_FOR]
 
     def get(self, name: str, field_name: str = "controlnets") -> ControlNetEntry:
         check_name(field_name, name, "ControlNet")

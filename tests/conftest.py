@@ -36,7 +36,13 @@ def manager(cache_root: Path):
     from pipelines import EngineSettings, PipelineManager
 
     return PipelineManager(
-        EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, loras_dir=None, models_dir=None)
+        EngineSettings(
+            default_model="tiny-sd",
+            devices=("cpu",),
+            cache_root=cache_root,
+            loras_dir=None,
+            models_dir=None,
+        )
     )
 
 
@@ -77,7 +83,8 @@ def engine(cache_root: Path, listeners: list):
     """One engine per module whose job events go to the functions in `listeners`."""
     from pipelines import EngineSettings, PipelineManager
 
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, loras_dir=None,
+    m = PipelineManager(EngineSettings(default_model="tiny-sd",
+                                       devices=("cpu",), cache_root=cache_root, loras_dir=None,
                                        models_dir=None))  # fmt: skip
     m.jobs.add_listener(lambda job, event: [f(job, event) for f in list(listeners)])
     return m

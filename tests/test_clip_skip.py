@@ -83,7 +83,8 @@ def test_sdxl_ignores_clip_skip_unless_sdxl_clip_l_skip(manager, cache_root):
     skipped = manager.generate(GenerationRequest(**sdxl, clip_skip=2))
     assert np.array_equal(px(plain), px(skipped))
     assert any("sdxl_clip_l_skip" in w for w in skipped.warnings)
-    on = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
+    on = PipelineManager(EngineSettings(default_model="tiny-sd",
+                                        devices=("cpu",), cache_root=cache_root,
                                         sdxl_clip_l_skip=True))  # fmt: skip
     # A1111 with the option: CLIP-L takes hidden_states[-clip_skip] (SDXL's default is -2)
     two = on.generate(GenerationRequest(**sdxl, clip_skip=2))

@@ -43,7 +43,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def em(cache_root: Path, folder: Path) -> PipelineManager:
-    return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
+    return PipelineManager(EngineSettings(default_model="tiny-sd",
+                                          devices=("cpu",), cache_root=cache_root,
                                           embeddings_dir=folder))  # fmt: skip
 
 

@@ -62,7 +62,11 @@ def test_generate_handler_names_the_bad_field_and_runs_nothing(ctx):
 
 
 def test_a_refused_job_shows_the_limit(cache_root):
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, max_work=1000))
+    m = PipelineManager(
+        EngineSettings(
+            default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, max_work=1000
+        )
+    )
     c = StudioContext.create(m, "off")
     try:
         updates = list(generate_handlers.generate(c, FORM, [], "local"))

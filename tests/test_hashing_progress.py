@@ -21,7 +21,8 @@ def test_first_use_of_a_single_file_reports_hashing_then_it_is_cached(cache_root
     state = ldm.pipeline_to_ldm(pipe.components, "sd1")
     save_file({k: v.contiguous() for k, v in state.items()}, models / "mine.safetensors")
     (models / "mine.atelier.json").write_text(json.dumps({"config": "tiny-sd"}))
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
+    m = PipelineManager(EngineSettings(default_model="tiny-sd",
+                                       devices=("cpu",), cache_root=cache_root,
                                        models_dir=models))  # fmt: skip
     req = GenerationRequest(prompt="x", model="mine", num_inference_steps=1, width=64,
                             height=64, seed=1)  # fmt: skip

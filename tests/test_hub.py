@@ -114,7 +114,8 @@ def test_errors_do_not_show_server_paths(hub, tmp_path):
 def new_manager(cache_root, policy):
     from pipelines import EngineSettings, PipelineManager
 
-    return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
+    return PipelineManager(EngineSettings(default_model="tiny-sd",
+                                          devices=("cpu",), cache_root=cache_root,
                                           hub_models=policy))  # fmt: skip
 
 

@@ -28,7 +28,11 @@ LONG = dict(prompt="a long job", num_inference_steps=150, width=64, height=64, b
 
 
 def new_manager(cache_root, **kw):
-    return PipelineManager(EngineSettings(default_model="tiny-sd", cache_root=cache_root, **{"devices": ("cpu",), **kw}))
+    return PipelineManager(
+        EngineSettings(
+            default_model="tiny-sd", cache_root=cache_root, **{"devices": ("cpu",), **kw}
+        )
+    )
 
 
 def running(job):

@@ -19,7 +19,9 @@ def only_model(manager):
 
 def test_vae_tiling_attention_slicing_and_dtype_are_applied(cache_root):
     opts = LoadOptions(dtype="bfloat16", attention_slicing=True, vae_tiling=True)
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, load=opts))
+    m = PipelineManager(
+        EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, load=opts)
+    )
     m.generate(GenerationRequest(prompt="a", num_inference_steps=1, width=64, height=64, seed=1))
     pipe = only_model(m)
     assert pipe.vae.use_tiling is True
@@ -47,7 +49,9 @@ def test_dtype_choice():
 @pytest.mark.skipif(importlib.util.find_spec("xformers") is not None, reason="xformers installed")
 def test_xformers_requested_without_the_package_fails_clearly(cache_root):
     opts = LoadOptions(attention="xformers")
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, load=opts))
+    m = PipelineManager(
+        EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, load=opts)
+    )
     with pytest.raises(ModelUnavailableError, match="needs the 'xformers' package"):
         m.generate(GenerationRequest(prompt="a", num_inference_steps=1, width=64, height=64))
 
@@ -57,9 +61,13 @@ def test_group_offload_is_applied_and_gives_the_same_video(cache_root):
 
     req = VideoRequest(prompt="a boat", num_frames=5, width=32, height=32,
                        num_inference_steps=2, seed=3)  # fmt: skip
-    plain = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root))
+    plain = PipelineManager(
+        EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root)
+    )
     opts = LoadOptions(offload="group", vae_tiling=True)
-    grouped = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, load=opts))
+    grouped = PipelineManager(
+        EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, load=opts)
+    )
     a = plain.generate_video(req)
     b = grouped.generate_video(req)
     pipe = only_model(grouped)
@@ -72,7 +80,9 @@ def test_model_offload_needs_a_gpu_slot_and_spans_need_gpus(cache_root):
     from pipelines.loading import placement
 
     opts = LoadOptions(offload="model")
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, load=opts))
+    m = PipelineManager(
+        EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, load=opts)
+    )
     with pytest.raises(ModelUnavailableError, match="offload=model .* this slot has none"):
         m.generate(GenerationRequest(prompt="a", num_inference_steps=1, width=64, height=64))
     assert placement(["cuda:0"]) == {}

@@ -40,7 +40,8 @@ def lora_dir(cache_root, tmp_path_factory):
 
 
 def manager_for(cache_root, lora_dir, **kw):
-    s = EngineSettings(default_model="tiny-sd", devices=kw.pop("devices", ("cpu",)), cache_root=cache_root,
+    s = EngineSettings(default_model="tiny-sd",
+                       devices=kw.pop("devices", ("cpu",)), cache_root=cache_root,
                        loras_dir=lora_dir, **kw)  # fmt: skip
     return PipelineManager(s)
 

@@ -29,7 +29,11 @@ def pixels(result, k=0):
 
 
 def new_manager(cache_root, **kw):
-    return PipelineManager(EngineSettings(default_model="tiny-sd", cache_root=cache_root, **{"devices": ("cpu",), **kw}))
+    return PipelineManager(
+        EngineSettings(
+            default_model="tiny-sd", cache_root=cache_root, **{"devices": ("cpu",), **kw}
+        )
+    )
 
 
 def loaded(manager, name):

@@ -24,7 +24,8 @@ def models(tmp_path, cache_root):
 def test_a_models_own_defaults_fill_the_request(models, cache_root):
     (models / "atelier.json").write_text(json.dumps({"default_size": 64, "default_steps": 3,
                                                      "default_cfg": 4.5}))  # fmt: skip
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
+    m = PipelineManager(EngineSettings(default_model="tiny-sd",
+                                       devices=("cpu",), cache_root=cache_root,
                                        models_dir=models.parent))  # fmt: skip
     family = m.registry.family_of("small-sd")
     assert (family.default_size, family.default_steps, family.default_cfg) == (64, 3, 4.5)

@@ -29,7 +29,9 @@ def test_family_comes_from_the_folder_not_the_name(cache_root, tmp_path):
 def test_local_folder_runs_through_the_same_path_as_builtin(cache_root, tmp_path, manager):
     folder = tmp_path / "my-model"
     shutil.copytree(builtin.ensure_model("tiny-sd", cache_root), folder)
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root))
+    m = PipelineManager(
+        EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root)
+    )
     name = m.registry.add(str(folder))
     req = dict(prompt="a tree", num_inference_steps=2, width=64, height=64, seed=9)
     mine = m.generate(GenerationRequest(model=name, **req))

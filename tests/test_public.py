@@ -61,7 +61,8 @@ def test_public_budget_admits_every_family_default_and_refuses_the_huge_request(
         frames = f.default_frames if f.kind == "video" else 4
         work = f.default_size * (f.default_height or f.default_size) * f.default_steps * frames
         assert work <= public.max_work, f.name
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
+    m = PipelineManager(EngineSettings(default_model="tiny-sd",
+                                       devices=("cpu",), cache_root=cache_root,
                                        max_work=public.max_work))  # fmt: skip
     huge = GenerationRequest(prompt="x", model="tiny-sdxl", width=2048, height=2048,
                              batch_size=8, batch_count=100, num_inference_steps=150)  # fmt: skip

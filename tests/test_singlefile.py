@@ -117,7 +117,12 @@ def library(cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
 @pytest.fixture(scope="module")
 def studio(library: dict, cache_root: Path) -> PipelineManager:
     registry = ModelRegistry(library["models"], cache_root, flux_base=library["flux_base"])
-    settings = EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, models_dir=library["models"])
+    settings = EngineSettings(
+        default_model="tiny-sd",
+        devices=("cpu",),
+        cache_root=cache_root,
+        models_dir=library["models"],
+    )
     return PipelineManager(settings, registry=registry)
 
 

@@ -40,7 +40,9 @@ CONTROL = square()
 
 @pytest.fixture(scope="module")
 def tm(cache_root):
-    return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root))
+    return PipelineManager(
+        EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root)
+    )
 
 
 def px(result):
@@ -182,7 +184,9 @@ def test_controlnet_on_flux_is_refused(tm):
 
 
 def test_tasks_share_the_cached_modules_and_add_only_the_controlnet(cache_root):
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root))
+    m = PipelineManager(
+        EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root)
+    )
     m.generate(GenerationRequest(**BASE))
     slot = m.slots[0]
     base_bytes = slot.cache.total_bytes()
@@ -226,8 +230,24 @@ def test_controlnet_names_by_family_without_building(tmp_path):
     from pipelines.controlnets import ControlNetLibrary
 
     lib = ControlNetLibrary(None, tmp_path / "empty-cache")
-    assert lib.names("sd15") == [CN] and lib.names("sdxl") == []
+    shipped = [builtin.SHIPPED_CONTROLNET] if builtin.shipped_controlnet() else []
+    assert lib.names("sd15") == [CN, *shipped] and lib.names("sdxl") == []
     assert not (tmp_path / "empty-cache").exists()
+
+
+def test_builtin_controlnets_are_offered_only_for_their_own_model(tmp_path):
+    from pipelines.controlnets import ControlNetLibrary
+
+    user = tmp_path / "controlnets" / "my-canny"
+    user.mkdir(parents=True)
+    (user / "config.json").write_text(
+        '{"_class_name": "ControlNetModel", "cross_attention_dim": 768}'
+    )
+    lib = ControlNetLibrary(tmp_path / "controlnets", tmp_path / "cache")
+    assert lib.names("sd15", "tiny-sd") == [CN, "my-canny"]
+    assert lib.names("sd15", "dreamshaper_8") == ["my-canny"]  # a real SD 1.5 UNet
+    if builtin.shipped_controlnet():
+        assert lib.names("sd15", builtin.SHIPPED_MODEL) == [builtin.SHIPPED_CONTROLNET, "my-canny"]
 
 
 def test_sdxl_controlnet_equals_direct_diffusers(cache_root, tmp_path):
@@ -240,7 +260,8 @@ def test_sdxl_controlnet_equals_direct_diffusers(cache_root, tmp_path):
             if not p.any():
                 p.normal_(0, 0.02)
     cn.save_pretrained(tmp_path / "cn" / "xl-canny")
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
+    m = PipelineManager(EngineSettings(default_model="tiny-sd",
+                                       devices=("cpu",), cache_root=cache_root,
                                        controlnets_dir=tmp_path / "cn"))  # fmt: skip
     assert m.controlnets.names("sdxl") == ["xl-canny"]
     unit = {"model": "xl-canny", "weight": 0.7}

@@ -50,7 +50,8 @@ def folder(cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def vm(cache_root: Path, folder: Path) -> PipelineManager:
-    return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
+    return PipelineManager(EngineSettings(default_model="tiny-sd",
+                                          devices=("cpu",), cache_root=cache_root,
                                           vae_dir=folder))  # fmt: skip
 
 
@@ -134,8 +135,8 @@ def test_refresh_finds_a_vae_added_later(cache_root, tmp_path):
 
     from ui.generate_handlers import libraries_refreshed
 
-    manager = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
-                                             vae_dir=tmp_path))  # fmt: skip
+    manager = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",),
+                                             cache_root=cache_root, vae_dir=tmp_path))  # fmt: skip
     assert manager.vaes.names() == []
     other_vae(cache_root).save_pretrained(tmp_path / "late-vae")
     vae_update, _ = libraries_refreshed(SimpleNamespace(manager=manager), "late-vae")

@@ -21,7 +21,9 @@ BASE = dict(prompt="a boat on a lake", num_frames=9, width=64, height=32,
 
 @pytest.fixture(scope="module")
 def vm(cache_root):
-    return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root))
+    return PipelineManager(
+        EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root)
+    )
 
 
 def direct(cache_root, model, **extra):
@@ -174,7 +176,11 @@ def wan_lora(cache_root, tmp_path_factory):
 
 
 def test_wan_loras_equal_diffusers_and_go_into_one_or_both_experts(cache_root, wan_lora):
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, loras_dir=wan_lora))
+    m = PipelineManager(
+        EngineSettings(
+            default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, loras_dir=wan_lora
+        )
+    )
     lora = {"wan-style": 1.0}
     ours = m.generate_video(VideoRequest(**BASE, guidance_scale=5.0, loras=lora)).frames
     pipe = diffusers.DiffusionPipeline.from_pretrained(

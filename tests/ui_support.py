@@ -43,9 +43,10 @@ def launched_studio(
     from pipelines import EngineSettings, PipelineManager
     from ui.studio import build_studio
 
-    manager = PipelineManager(EngineSettings(default_model="tiny-sd", devices=devices, cache_root=cache_root,
+    engine = {"default_model": "tiny-sd", **(engine or {})}  # the tests' model unless named
+    manager = PipelineManager(EngineSettings(devices=devices, cache_root=cache_root,
                                              loras_dir=None, models_dir=None,
-                                             **(engine or {})))  # fmt: skip
+                                             **engine))  # fmt: skip
     demo, assets = build_studio(manager, outputs, **build_options)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1",
                             server_port=free_port(), quiet=True,

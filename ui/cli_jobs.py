@@ -196,9 +196,10 @@ def default_controlnet(manager: PipelineManager, model: str | None) -> str:
     """The first ControlNet of the model's family (the one --controlnet overrides)."""
     from pipelines.errors import RequestError
 
-    family = manager.registry.resolve(model or manager.settings.default_model).family.name
+    entry = manager.registry.resolve(model or manager.settings.default_model)
+    family = entry.family.name
     lib = manager.controlnets
-    names = [n for n in lib.names() if lib.get(n).family == family]
+    names = lib.names(family, entry.name)  # the one made for the model first
     if not names:
         where = lib.controlnets_dir or "the controlnets folder (--controlnets-dir)"
         raise RequestError("controlnet", f"no ControlNet for {family} models: put one into {where}")

@@ -136,11 +136,13 @@ class ControlPanel:
         return out
 
 
-def build_control_panel(manager: PipelineManager, family: str, context: list[Any]) -> ControlPanel:
+def build_control_panel(
+    manager: PipelineManager, family: str, context: list[Any], model: str | None = None
+) -> ControlPanel:
     """Create the units in the current Blocks context and wire their own events.
     `context` = the Generate tab's [model, width, height, seed] (the preview's size)."""
     labels, why = module_choices(manager)
-    models = manager.controlnets.names(family)
+    models = manager.controlnets.names(family, model)
     defaults = unit_defaults()
     units = []
     with gr.Tabs():

@@ -152,7 +152,7 @@ def model_changed(ctx: StudioContext, name: str, units: int) -> list[Any]:
     """Sampler and sliders at the family's defaults, the LoRA search for the family, and
     each of `units` ControlNet dropdowns offering the family's ControlNets."""
     fam = for_device(ctx.manager.registry.family_of(name), ctx.cpu_only)
-    cn = ctx.manager.controlnets.names(fam.name)
+    cn = ctx.manager.controlnets.names(fam.name, name)
     dropdowns = [gr.Dropdown(choices=cn, value=cn[0] if cn else None) for _ in range(units)]
     return [*family_updates(fam, widget_specs(fam), FAMILY_SLIDERS),
             refresh_search(ctx.manager, fam.name), *dropdowns]  # fmt: skip

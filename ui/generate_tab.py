@@ -19,7 +19,7 @@ from ui import generate_handlers as handlers
 from ui.context import StudioContext
 from ui.control_panel import ControlPanel, build_control_panel
 from ui.form import for_device, loras_from_slots, widget_specs
-from ui.hires_panel import build_hires_panel
+from ui.hires_panel import HiresPanel, build_hires_panel
 from ui.img2img_panel import Img2ImgPanel, build_img2img_panel
 from ui.lora_panel import LoraPanel, build_lora_panel
 from ui.runner import gpu, gpu_seconds, progress_text, unit_of
@@ -44,6 +44,7 @@ class GenerateTab:
     send_to_pnginfo: gr.Button
     event: Any  # the generation event (Stop cancels it)
     sections: dict[str, gr.Accordion]  # "img2img", "controlnet": opened when restored
+    hires: HiresPanel | None = None  # the Hires fix accordion (ui/hires_panel.py)
 
     def restore_outputs(self) -> list[Any]:
         """Components "Send to Generate" sets besides `widgets` and the LoRA rows."""
@@ -52,12 +53,12 @@ class GenerateTab:
 
     def restore(
         self, manager: PipelineManager, values: dict[str, Any], family: str,
-        img2img_used: bool = False,
+        img2img_used: bool = False, model: str | None = None,
     ) -> list[Any]:  # fmt: skip
         """Updates for `restore_outputs` from ui.form.widgets_from_request's values. A
         section the pasted settings use is opened, so the user sees it is on (a
         ControlNet unit enabled inside a closed accordion went unnoticed)."""
-        choices = manager.controlnets.names(family)
+        choices = manager.controlnets.names(family, model)
         units = values["controlnets"]
         return [*self.img2img.restore(values), *self.control.restore(units, choices),
                 gr.Accordion(open=True) if img2img_used else gr.skip(),
@@ -65,11 +66,15 @@ class GenerateTab:
 
     def restore_prompt_outputs(self) -> list[Any]:
         """Clip skip and VAE, for "Send to Generate" (ui/studio.py adds them to its outputs)."""
-        return [self.widgets["clip_skip"], self.widgets["vae"]]
+        hires = self.hires.restore_outputs() if self.hires else []
+        return [self.widgets["clip_skip"], self.widgets["vae"], *hires]
 
     def restore_prompt(self, manager: PipelineManager, values: dict[str, Any]) -> list[Any]:
         """Updates for `restore_prompt_outputs` from ui.form.widgets_from_request's values."""
-        return [values["clip_skip"], restored_vae(manager, values["vae"])]
+        # "request" (the pasted request, hires fields included) is set by ui/studio.py
+        hires = self.hires.restore(values["request"]) if self.hires and "request" in values else (
+            [gr.skip()] * len(self.hires.restore_outputs()) if self.hires else [])  # fmt: skip
+        return [values["clip_skip"], restored_vae(manager, values["vae"]), *hires]
 
 
 def restored_vae(manager: PipelineManager, name: str) -> Any:
@@ -154,7 +159,8 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                 with gr.Accordion("ControlNet", open=False,
                                   elem_id="atelier-controlnet") as control_box:  # fmt: skip
                     control = build_control_panel(ctx.manager, family.name,
-                                                  [model, width, height, seed])  # fmt: skip
+                                                  [model, width, height, seed],
+                                                  model_name)  # fmt: skip
             with gr.Column(scale=6, elem_id="atelier-right"):
                 with gr.Row(elem_id="atelier-buttons"):
                     run = gr.Button("Generate", variant="primary", elem_id="atelier-generate")
@@ -289,7 +295,8 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
         loras.refresh.click(on_refresh, model, [model, loras.search], api_name="refresh_loras",
                             api_visibility="undocumented", concurrency_limit=None)  # fmt: skip
     return GenerateTab(blocks, widgets, loras, img2img, control, gallery, selected, to_pnginfo,
-                       event, {"img2img": img2img_box, "controlnet": control_box})  # fmt: skip
+                       event, {"img2img": img2img_box, "controlnet": control_box},
+                       hires)  # fmt: skip
 
 
 if __name__ == "__main__":  # python -m ui.generate_tab: this tab alone, built-in model

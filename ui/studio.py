@@ -88,7 +88,7 @@ def send_to_generate(
     is used), a missing LoRA is left out of the rows, a missing sampler becomes the
     family's default."""
     from pipelines.errors import RequestError
-    from pipelines.parameters import request_from_infotext
+    from pipelines.hires import request_from_infotext  # parameters' + the hires fields
     from pipelines.pnginfo import from_infotext, model_to_use
     from pipelines.schedulers import available_schedulers
 
@@ -99,7 +99,8 @@ def send_to_generate(
         raise gr.Error("These are no generation parameters (no 'Steps: ..., Seed: ...' line):"
                        " nothing was sent, the form is unchanged.")  # fmt: skip
     try:
-        values = widgets_from_request(request_from_infotext(found.infotext))
+        pasted = request_from_infotext(found.infotext)
+        values = {**widgets_from_request(pasted), "request": pasted}
     except RequestError as e:
         raise gr.Error(f"These parameters cannot be read: {e}") from None
     models = ctx.manager.models("image")
@@ -136,7 +137,7 @@ def send_to_generate(
             *fill(loras, lora_choices(ctx.manager, None)),
             *gen.restore(ctx.manager, values, family.name,
                          img2img_used="Denoising strength" in found.params
-                         and "Hires upscale" not in found.params),
+                         and "Hires upscale" not in found.params, model=model),
             *gen.restore_prompt(ctx.manager, values),
             gr.Tabs(selected="generate")]  # fmt: skip
 
