@@ -82,7 +82,10 @@ class HiresPanel:
         return list(self.widgets.values())
 
     def restore(self, request: Any) -> list[Any]:
-        """Values for restore_outputs from a request (PNG Info's Send to Generate)."""
+        """Values for restore_outputs from a request (PNG Info's Send to Generate); a
+        request without hires fix turns it off and leaves the other values as they are."""
+        if not request.enable_hr:
+            return [False if name == "enable_hr" else gr.skip() for name in self.widgets]
         values = {name: getattr(request, field) for name, field in HIRES_FIELDS.items()}
         values["hr_sampler_name"] = values["hr_sampler_name"] or SAME_SAMPLER
         return [values[name] for name in self.widgets]
