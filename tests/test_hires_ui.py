@@ -32,7 +32,7 @@ def studio(cache_root: Path):
     from ui.generate_tab import build_generate_tab
 
     m = PipelineManager(EngineSettings(devices=("cpu",), cache_root=cache_root, loras_dir=None,
-                                       models_dir=None))  # fmt: skip
+                                       models_dir=None, default_model="tiny-sd"))  # fmt: skip
     ctx = StudioContext.create(m, None)
     return ctx, build_generate_tab(ctx)
 

@@ -79,8 +79,9 @@ def test_resolved_request_and_infotext_hold_the_expanded_prompt(cache_root, tmp_
     from pipelines import EngineSettings, PipelineManager
 
     (tmp_path / "styles.csv").write_text(CSV, encoding="utf-8")
-    settings = EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, loras_dir=None,
-                              models_dir=None, styles_file=tmp_path / "styles.csv")  # fmt: skip
+    settings = EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
+                              loras_dir=None, models_dir=None,
+                              styles_file=tmp_path / "styles.csv")  # fmt: skip
     m = PipelineManager(settings)
     req, _ = m.prepare(GenerationRequest(prompt="a cat", styles=["photo", "moody"]))
     assert req.prompt == "a cat, photograph, 35mm, dark, moody"

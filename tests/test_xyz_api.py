@@ -72,7 +72,8 @@ def local(server: Any, cache_root: Path) -> Any:
     from pipelines import EngineSettings, PipelineManager
 
     d = server.test_dir
-    return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), loras_dir=None, models_dir=None,
+    return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",),
+                                          loras_dir=None, models_dir=None,
                                           cache_root=cache_root, upscalers_dir=d / "up",
                                           styles_file=d / "styles.csv"))  # fmt: skip
 

@@ -27,7 +27,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run(capsys, cache_root: Path, folder: Path, *args: str) -> tuple[int, str, str]:
     code = app.main(["--cache-dir", str(cache_root), "--upscalers-dir", str(folder / "up"),
                      "--styles-file", str(folder / "styles.csv"), "--models-dir", "",
-                     "--loras-dir", "", *args])  # fmt: skip
+                     "--loras-dir", "", "--default-model", "tiny-sd", *args])  # fmt: skip
     out = capsys.readouterr()
     return code, out.out, out.err
 
