@@ -21,8 +21,9 @@ Faults, chosen and tested:
   user sees a clear error and can press Generate again); other jobs go on, and Serve
   starts a replacement that serves later requests;
 - no replica takes the job within `wait_s` seconds (app down, replicas dead or all
-  busy with other front ends' jobs): the job waits in state `queued` (the status line
-  shows it) and then fails with a ReplicaError that says what to check;
+  busy with other front ends' jobs): the job waits in state `queued` (after a second
+  it says so with a `queued` event, position 1, which the studio shows) and then
+  fails with a ReplicaError that says what to check;
 - Stop cancels the Serve request; the replica turns that into the engine job's
   cancel token (it stops within one step) and the job here ends `cancelled` at once.
 """
@@ -109,7 +110,9 @@ class RayBackend:
         inbox: queue.Queue[tuple[str, Any]] = queue.Queue()
         threading.Thread(target=_read, args=(stream, inbox), daemon=True,
                          name=f"atelier-ray-{ctx.job.id}").start()  # fmt: skip
-        deadline = time.monotonic() + self.options.wait_s
+        sent = time.monotonic()
+        deadline = sent + self.options.wait_s
+        announce = sent + min(1.0, self.options.wait_s / 2)  # then say it waits (visible)
         replica: str | None = None
         try:
             while True:
@@ -118,8 +121,12 @@ class RayBackend:
                 try:
                     tag, item = inbox.get(timeout=0.1)
                 except queue.Empty:
-                    if replica is None and time.monotonic() > deadline:
+                    now = time.monotonic()
+                    if replica is None and now > deadline:
                         raise ReplicaError(self._no_replica()) from None
+                    if replica is None and now > announce:
+                        ctx.job.placed(1)  # waiting for a replica: first in line
+                        announce = deadline + 1.0  # once
                     continue
                 if tag == "raised":
                     if ctx.cancel.cancelled:

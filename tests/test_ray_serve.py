@@ -136,7 +136,12 @@ def test_stop_cancels_the_job_on_the_replica(remote):
         job.result(timeout=30)
     # The next job on that model runs there; the replica's engine counted the long job
     # cancelled (unwired, it would still be running its 1,500 steps, or count it done).
-    after = m.submit(ImageJob(_req(seed=4))).result(timeout=120)
+    # (Serve may still count the cancelled request for a moment and send the next job
+    # to the other replica: a few short jobs until one lands there.)
+    for seed in range(4, 10):
+        after = m.submit(ImageJob(_req(seed=seed))).result(timeout=120)
+        if after.slot.startswith(f"ray:{replica[:8]}"):
+            break
     assert after.slot.startswith(f"ray:{replica[:8]}")
     assert backend.replicas[replica]["cancelled"] == before + 1
 
@@ -156,7 +161,7 @@ def test_a_killed_replica_fails_only_its_job_and_no_replica_is_a_bounded_wait(re
     m2, _ = _front_end(cache_root, wait_s=1.0, lanes=1)
     waiting = m2.submit(ImageJob(_req(seed=7)))
     kinds = [e.kind for e in waiting.events(timeout=30)]
-    assert "started" not in kinds and kinds[-1] == "error", kinds
+    assert "queued" in kinds and "started" not in kinds and kinds[-1] == "error", kinds
     with pytest.raises(ReplicaError, match="took the job within 1 s"):
         waiting.result()
 
