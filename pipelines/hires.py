@@ -26,6 +26,7 @@ within a step; the work budget counts both passes (`hires_work`).
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -384,6 +385,8 @@ class SecondPass:
                                  self.core.settings.preview_every)  # fmt: skip
         callback, tensor_inputs = self.cond.callback(family.name, progress)
         args = {**pixel_parity_arguments(req, seeds), "image": image, **self.cond.kwargs}
+        if "width" in inspect.signature(pipe.__call__).parameters:  # Flux: else 1024 px
+            args["width"], args["height"] = w, h
         out = pipe(**args, callback_on_step_end=callback,
                    callback_on_step_end_tensor_inputs=tensor_inputs)  # fmt: skip
         return list(out.images)

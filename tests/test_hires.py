@@ -28,7 +28,8 @@ BASE = dict(prompt="a lighthouse at dusk", negative_prompt="blurry", model="tiny
 def engine(cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> PipelineManager:
     folder = tmp_path_factory.mktemp("upscalers")
     tiny_upscaler(folder / "tiny-2x.safetensors", scale=2)
-    return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
+    return PipelineManager(EngineSettings(default_model="tiny-sd",
+                                          devices=("cpu",), cache_root=cache_root,
                                           loras_dir=None, models_dir=None,
                                           upscalers_dir=folder))  # fmt: skip
 
@@ -168,3 +169,11 @@ def test_cancel_during_the_second_pass(engine):
         engine.generate(req(hr_upscaler="Lanczos", hr_scale=1.5), on_progress=on_progress,
                         cancel=token)  # fmt: skip
     assert seen == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(("model", "upscaler"), [("tiny-sdxl", "Latent"), ("tiny-flux", "Lanczos")])
+def test_other_families_make_the_hires_size(engine, model, upscaler):
+    # Flux's img2img takes width/height (without them it makes 1024 px)
+    r = engine.generate(req(model=model, negative_prompt="", num_inference_steps=2,
+                            scheduler=None, hr_upscaler=upscaler, hr_scale=1.5))  # fmt: skip
+    assert r.images[0].size == (96, 96)
