@@ -315,10 +315,13 @@ def second_pass(
     if not req.enable_hr:
         yield None
         return
+    from .placement import placement_for
+
     core = runner.core
+    placed = placement_for(core.pool, slot, loaded.entry)  # staged: encoders in RAM
     name = req.hr_upscaler
     if name in LATENT_MODES or name in RESAMPLERS:
-        yield SecondPass(core, loaded, req, cond, encode, vae, ctx, None)
+        yield SecondPass(core, loaded, req, cond, encode, vae, ctx, None, (placed, slot.device))
         return
     from .cache import module_bytes
     from .upscale import load_upscaler
@@ -328,25 +331,30 @@ def second_pass(
         model = load_upscaler(entry, slot.device)
         slot.cache.put(entry.key, model, module_bytes(model.model))
     with slot.cache.locked(entry.key) as model:
-        yield SecondPass(core, loaded, req, cond, encode, vae, ctx, model)
+        yield SecondPass(core, loaded, req, cond, encode, vae, ctx, model, (placed, slot.device))
 
 
 class SecondPass:
     """Upscale and img2img for each call of a hires job (see the module docstring)."""
 
     def __init__(self, core: Any, loaded: Any, req: Any, cond: Any,
-                 encode: Callable[[Any], Any], vae: Any, ctx: Any, model: Any) -> None:  # fmt: skip
+                 encode: Callable[[Any], Any], vae: Any, ctx: Any, model: Any,
+                 placed: tuple[Any, Any]) -> None:  # fmt: skip
         self.core, self.loaded, self.req, self.vae, self.ctx, self.model = (
             core, loaded, req, vae, ctx, model)  # fmt: skip
         self.size = hires_size(req)
         self.latent = req.hr_upscaler in LATENT_MODES
         self.progress = Progress(ctx.on_progress, req.batch_count, req.num_inference_steps,
                                  steps_run(req))  # fmt: skip
+        from .placement import encoding
+
+        self.placed = placed[0]
         same = not req.hr_prompt and not req.hr_negative_prompt
         if same and len(cond.schedule) <= 1:
             self.cond = cond  # the same embeddings; no schedule to re-time
         else:
-            self.cond = encode(replace(req, prompt=req.hr_prompt or req.prompt,
+            with encoding(loaded.pipeline, *placed):
+                self.cond = encode(replace(req, prompt=req.hr_prompt or req.prompt,
                                        negative_prompt=req.hr_negative_prompt
                                        or req.negative_prompt,
                                        num_inference_steps=steps_run(req)))  # fmt: skip
@@ -365,6 +373,7 @@ class SecondPass:
     def run(self, first: Any, seeds: list[int], call: int) -> list[Image.Image]:
         """The hires images of one call from its first pass's output."""
         from .errors import Cancelled
+        from .placement import without_text_encoders
         from .progress import step_callback
         from .schedulers import build_scheduler
         from .tasks import build
@@ -379,6 +388,7 @@ class SecondPass:
         pipe = build(loaded.pipeline, family.name, "img2img", scheduler, [])
         if self.vae is not None:
             pipe.register_modules(vae=self.vae)
+        without_text_encoders(pipe, self.placed)  # staged placement: embeddings only
         w, h = self.size.target
         progress = step_callback(family.name, call, req.batch_count, h, w,
                                  self.progress.second_pass, self.ctx.cancel,
