@@ -71,7 +71,8 @@ def test_invalid_cell_fails_before_anything_runs(engine):
 def test_work_budget_covers_the_whole_plot(cache_root):
     from pipelines import EngineSettings, PipelineManager
 
-    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root, loras_dir=None,
+    m = PipelineManager(EngineSettings(default_model="tiny-sd",
+                                       devices=("cpu",), cache_root=cache_root, loras_dir=None,
                                        models_dir=None, max_work=64 * 64 * 2 * 3))  # fmt: skip
     m.submit(XyzJob(GenerationRequest(**BASE), (parse_axis("x", "seed: 1,2,3"),))).cancel()
     with pytest.raises(LimitError):
@@ -135,3 +136,15 @@ def test_cancel_stops_the_plot(engine):
                         cancel=token, on_event=on_event)  # fmt: skip
     with pytest.raises(Cancelled):
         job.result(timeout=300)
+
+
+def test_cells_of_a_model_reuse_it(engine):
+    """Checkpoint axis: each model is loaded once (at most), not once per cell."""
+    slot = engine.slots[0]
+    before = slot.loads
+    axes = (parse_axis("x", "seed: 1, 2, 3"), parse_axis("y", "model: tiny-sd, tiny-sdxl"))
+    base = GenerationRequest(**{**BASE, "num_inference_steps": 1, "scheduler": None})
+    result = engine.submit(XyzJob(base, axes)).result(timeout=300)
+    assert len(result.cells) == 6 and slot.loads - before <= 2
+    assert result.labels["y"] == ["Checkpoint name: tiny-sd", "Checkpoint name: tiny-sdxl"]
+    assert [c.request.model for c in result.cells] == ["tiny-sd"] * 3 + ["tiny-sdxl"] * 3
