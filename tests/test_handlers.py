@@ -102,3 +102,12 @@ def test_video_handler_yields_the_files_and_the_seed(ctx):
     assert isinstance(final["download"], gr.DownloadButton)
     bad = list(video_handlers.generate(ctx, {**form, "frames": 6.0}, None, None, "mp4", "x"))
     assert "num_frames" in bad[-1]["error"].value
+
+
+def test_an_idle_gap_updates_nothing_but_is_a_valid_gradio_update():
+    from pipelines.jobs import JobEvent
+
+    update = generate_handlers.running(JobEvent("idle", "1"))
+    # A dict Gradio reads as {component: value}: never empty (an empty dict is taken as
+    # one output value and failed the event), and nothing in it changes.
+    assert update and all(isinstance(v, type(gr.skip())) for v in update.values())

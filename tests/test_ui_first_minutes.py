@@ -254,3 +254,32 @@ def test_with_logins_each_user_sees_only_their_own_outputs(cache_root, tmp_path)
             names = [item["caption"] for item in items]  # captions are the file names
             assert len(names) == 1, (user, names, note)
             assert read_png_parameters(outputs / names[0]).startswith(mine)
+
+
+ETA = re.compile(r"Step \d+/\d+ · (about \d+ s|under a second) left")
+
+
+def test_the_progress_line_and_the_api_show_the_jobs_eta(studio, browser) -> None:
+    import time
+
+    from gradio_client import Client
+
+    page = open_page(browser, studio.test_url, PHONE)
+    try:
+        textarea(page, "atelier-prompt").fill("a long one")
+        set_number(page, "atelier-steps", 150)
+        page.locator("#atelier-generate").click()
+        expect(page.locator("#atelier-status")).to_have_text(ETA, timeout=60_000)
+        page.locator("#atelier-stop").click()
+    finally:
+        page.close()
+    job = Client(studio.test_url, verbose=False).submit(
+        prompt="eta", steps=150, width=64, height=64, api_name="/generate"
+    )
+    seen, deadline = None, time.monotonic() + 120
+    while seen is None and not job.done() and time.monotonic() < deadline:
+        units = job.status().progress_data or []
+        seen = next((u.desc for u in units if u.desc and ETA.search(u.desc)), None)
+        time.sleep(0.05)  # polling the job's state until the condition holds
+    job.cancel()
+    assert seen is not None, "no progress description with an ETA reached the API client"

@@ -88,7 +88,10 @@ def running(event: Any, shown: Callable[[Any], Any] = lambda image: image) -> di
     """The status line (and the preview, through `shown`) for a job event that is not
     the result. Shared by the Generate and Video tabs."""
     if event.kind == "idle":
-        return {}  # nothing new; yielding lets Gradio stop the handler if asked
+        # Nothing new; yielding lets Gradio stop the handler if asked. Not {}: Gradio
+        # reads an empty dict as ONE output value and fails the event ("didn't return
+        # enough output values"), which ended every job with a second-long idle gap.
+        return {"status": gr.skip()}
     if event.kind == "queued":
         return {"status": queue_text(event)}
     if event.kind == "started":
