@@ -17,13 +17,17 @@ from tests.ui_support import launched_studio
 
 
 @pytest.fixture(scope="module")
-def server(cache_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("api14")
     tiny_upscaler(d / "up" / "tiny-2x.safetensors")
     (d / "styles.csv").write_text('name,prompt,negative_prompt\nphoto,"{prompt}, photo",toy\n')
-    engine = {"upscalers_dir": d / "up", "styles_file": d / "styles.csv"}
-    with launched_studio(cache_root, d / "outputs", engine=engine) as demo:
-        demo.test_dir = d
+    return d
+
+
+@pytest.fixture(scope="module")
+def server(cache_root: Path, folder: Path) -> Iterator[Any]:
+    engine = {"upscalers_dir": folder / "up", "styles_file": folder / "styles.csv"}
+    with launched_studio(cache_root, folder / "outputs", engine=engine) as demo:
         yield demo
 
 
@@ -67,11 +71,11 @@ def test_xyz_endpoint(client):
 
 
 @pytest.fixture(scope="module")
-def local(server: Any, cache_root: Path) -> Any:
+def local(folder: Path, cache_root: Path) -> Any:
     """An engine over the same folders as the server's (for the handlers)."""
     from pipelines import EngineSettings, PipelineManager
 
-    d = server.test_dir
+    d = folder
     return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",),
                                           loras_dir=None, models_dir=None,
                                           cache_root=cache_root, upscalers_dir=d / "up",
@@ -94,12 +98,12 @@ def test_studio_plot_handler_fills_the_gallery(local):
     assert len(final["shown"]) == 3  # grid + 2 cells
 
 
-def test_save_style_handler(local, server):
+def test_save_style_handler(local, folder):
     from pipelines.styles import StyleLibrary
     from ui.styles_panel import save_style
 
     _, message = save_style(local, "mine", "{prompt}, oil", "blur", ["photo"])
     assert "Saved" in message
-    assert StyleLibrary(server.test_dir / "styles.csv").get("mine").prompt == "{prompt}, oil"
+    assert StyleLibrary(folder / "styles.csv").get("mine").prompt == "{prompt}, oil"
     _, message = save_style(local, "", "x", "", [])
     assert message.startswith("**style_name**")
