@@ -24,7 +24,7 @@ from ui.img2img_panel import Img2ImgPanel, build_img2img_panel
 from ui.lora_panel import LoraPanel, build_lora_panel
 from ui.runner import gpu, gpu_seconds, progress_text, unit_of
 from ui.styles_panel import build_styles_panel
-from ui.xyz_panel import build_xyz_panel, generate_plot
+from ui.xyz_panel import build_xyz_panel, generate_plot, plot_job
 
 if TYPE_CHECKING:
     from pipelines.manager import PipelineManager
@@ -246,7 +246,8 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
                 yield {by_name[n]: v for n, v in update.items()}
 
         plot_event = xyz.run.click(
-            gpu(run_plot),
+            gpu(run_plot, lambda data, *_: gpu_seconds(
+                ctx, lambda: plot_job(ctx, values_of(data), xyz.values(data)))),  # fmt: skip
             inputs={*by_component, *lora_inputs, *control.inputs(), history_items,
                     styles.styles, *hires.inputs(), *xyz.inputs()},
             outputs=outputs, api_name="studio_xyz", api_visibility="undocumented",
