@@ -177,3 +177,13 @@ def test_other_families_make_the_hires_size(engine, model, upscaler):
     r = engine.generate(req(model=model, negative_prompt="", num_inference_steps=2,
                             scheduler=None, hr_upscaler=upscaler, hr_scale=1.5))  # fmt: skip
     assert r.images[0].size == (96, 96)
+
+
+def test_one_bar_over_both_passes_of_every_call(engine):
+    events = []
+    r = engine.generate(req(num_inference_steps=2, batch_count=2, hr_upscaler="Nearest",
+                            hr_scale=1.5, hr_second_pass_steps=4),
+                        on_progress=events.append)  # fmt: skip
+    # per call: 2 first-pass steps + int(4 x 0.5) hires steps
+    assert [e.step for e in events] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert {e.total for e in events} == {8} and r.seeds == [1234, 1235]
