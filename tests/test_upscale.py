@@ -29,7 +29,8 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def engine(cache_root: Path, folder: Path) -> PipelineManager:
-    return PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",), cache_root=cache_root,
+    return PipelineManager(EngineSettings(default_model="tiny-sd",
+                                          devices=("cpu",), cache_root=cache_root,
                                           loras_dir=None, models_dir=None,
                                           upscalers_dir=folder))  # fmt: skip
 
