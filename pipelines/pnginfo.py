@@ -507,7 +507,9 @@ REASONS = {
     "ENSD": "Atelier has no eta noise seed delta",
 }
 _PREFIX_REASONS = {
-    "Hires": "Atelier has no hires fix (a second, upscaled pass)",
+    # Listed only when not read: A1111's paste rule turns the hires fix on only when the
+    # text also has "Denoising strength" (then every Hires key is applied).
+    "Hires": "the hires fix is applied only with a 'Denoising strength' (A1111's rule)",
     "ADetailer": "Atelier has no ADetailer (a detect-and-inpaint pass)",
 }
 
@@ -542,7 +544,8 @@ def unapplied(
     embedding that is not installed. `current_model`: the form's model, kept when the
     image's is missing. Engine only (no gradio)."""
     from .errors import RequestError
-    from .parameters import parse_controlnet_value, request_from_infotext
+    from .hires import request_from_infotext  # parameters' + the hires fix fields
+    from .parameters import parse_controlnet_value
 
     if isinstance(found, str):
         found = from_infotext(found)
@@ -600,7 +603,7 @@ def _read_by_request(found: ImageParameters, key: str) -> bool:
     refused) when the key is left out or its value altered. So a setting the engine
     learns later (clip skip, VAE) stops being listed without a change here."""
     from .errors import RequestError
-    from .parameters import request_from_infotext
+    from .hires import request_from_infotext
 
     def request(params: dict[str, str]) -> Any:
         return request_from_infotext(

@@ -75,7 +75,7 @@ ENGINE_SETTINGS: tuple[Setting, ...] = (
             "slot)", _devices),
     Setting("dtype", "auto", "auto (fp32 on CPU, fp16/bf16 by family on GPU), float32, "
             "float16 or bfloat16"),
-    Setting("cache_budget_mb", 0, "model cache size per device slot in MB (0 = 90% of GPU "
+    Setting("cache_budget_mb", 0, "model cache size per device slot in MB (0 = 90%% of GPU "
             "memory, or half the RAM shared by CPU slots)", int),
     Setting("attention", "auto", "auto (xformers when installed on CUDA, else PyTorch SDPA), "
             "sdpa or xformers"),

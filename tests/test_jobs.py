@@ -73,7 +73,8 @@ def test_video_job_runs_through_the_same_api(manager):
     req = VideoRequest(prompt="a wave", num_frames=5, width=32, height=32,
                        num_inference_steps=2, seed=1)  # fmt: skip
     job = manager.submit(VideoJob(req))
-    kinds = [e.kind for e in job.events(timeout=60)]
+    # a first use of the model also hashes it (bytes, before it takes a slot)
+    kinds = [e.kind for e in job.events(timeout=60) if e.kind != "hashing"]
     assert kinds == ["started", "progress", "progress", "result"], kinds
     assert job.kind == "video" and job.result().frames.shape == (5, 32, 32, 3)
     again = manager.generate_video(req)
