@@ -377,3 +377,26 @@ def test_redis_killed_mid_job_the_upload_and_the_job_finish_and_redis_catches_up
         h = db.hgetall("atelier:task:wave-1")
         db.close()
     assert h["status"] == "done" and json.loads(h["outputs"]) == result.urls, h
+
+
+def test_the_studios_video_api_uploads_the_video_and_its_json(studio, db, endpoint, bucket):
+    from gradio_client import Client
+
+    client = Client(studio.test_url, verbose=False)
+    video, sidecar, seed = client.predict(prompt="a wave", frames=5, width=32, height=32,
+                                          steps=2, seed=4, api_name="/video")  # fmt: skip
+    m = studio.atelier_context.manager
+    assert m.reporter.flush(10)
+    mine = ("video", "addr:127.0.0.1")
+    tasks = [
+        k for k in db.keys("atelier:task:*") if (db.hget(k, "kind"), db.hget(k, "caller")) == mine
+    ]
+    assert len(tasks) == 1, tasks
+    h = db.hgetall(tasks[0])
+    assert h["status"] == "done", h
+    urls = json.loads(h["outputs"])
+    assert [u.rsplit("/", 1)[1] for u in urls] == [f"video-{seed}.mp4", f"video-{seed}.mp4.json"]
+    name = tasks[0].removeprefix("atelier:task:")
+    obj = stored(endpoint, bucket, f"web/{name}/video-{seed}.mp4")
+    assert obj["ContentType"] == "video/mp4" and obj["Body"].read() == Path(video).read_bytes()
+    assert obj["Metadata"]["seed"] == "4"

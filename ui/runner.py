@@ -90,7 +90,7 @@ def queue_text(event: JobEvent) -> str:
 
 def endpoint_stream(
     manager: PipelineManager, spec: Any, caller: str, publish: Callable[[Any], tuple], outputs: int,
-    progress: Any = None,
+    progress: Any = None, on_job: Callable[[Any], None] | None = None,
 ) -> Iterator[tuple]:  # fmt: skip
     """An API endpoint's body for any kind of job: submit `spec` for `caller`, yield
     gr.skip() for every output while it runs (so Gradio can close the handler on
@@ -100,6 +100,8 @@ def endpoint_stream(
 
     with shown_as_gradio_errors():
         job = manager.submit(spec, caller)
+        if on_job is not None:  # the handle, for a publish that needs it (task outputs)
+            on_job(job)
         for event in stream_job(job):
             if event.kind == "result":
                 yield publish(event.result)

@@ -14,6 +14,7 @@ are opened by pipelines.images.open_image, pixel limit first, a bad file naming 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -25,7 +26,9 @@ from ui.context import StudioContext
 from ui.form import open_image
 from ui.runner import endpoint_stream, gpu, shown_as_gradio_errors
 from ui.video_form import DEFAULT_FORMAT, check_format, video_request_from_widgets
-from ui.video_runner import publish_video
+from ui.video_runner import publish_video, store_video
+
+log = logging.getLogger(__name__)
 
 VIDEO_DESCRIPTION = (
     "Generate a video with a Wan model: text to video, or image to video with image (and "
@@ -112,11 +115,17 @@ def add_video_api(ctx: StudioContext) -> None:
                 job = VideoJob(request_, open_image("image", image, pixels),
                                open_image("end_image", end_image, pixels))  # fmt: skip
 
+            jobs: list[Any] = []
+
             def publish(result: Any) -> tuple[Any, Any, Any]:
                 files = publish_video(ctx.store, result, fmt, ctx.caller(request))
+                warning = store_video(ctx.manager, jobs[0], result, files)
+                if warning:  # the files are still returned: nothing made is lost
+                    log.warning("/video: %s", warning)
                 return str(files.file), str(files.parameters), result.seed
 
-            yield from endpoint_stream(ctx.manager, job, ctx.caller(request), publish, 3, progress)
+            yield from endpoint_stream(ctx.manager, job, ctx.caller(request), publish, 3, progress,
+                                       on_job=jobs.append)  # fmt: skip
 
         trigger.click(gpu(video_endpoint), inputs, [video, parameters, seed_used],
                       api_name="video", api_description=VIDEO_DESCRIPTION,

@@ -22,7 +22,7 @@ from ui.video_form import (
     video_request_from_widgets,
     video_specs,
 )
-from ui.video_runner import publish_video
+from ui.video_runner import publish_video, store_video
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -55,11 +55,14 @@ def generate(
     `values`: the Video form's values by name; `start`/`end`: the images (file paths,
     or images; None), opened after the family has dropped the ones it takes none of."""
 
+    jobs: list[Any] = []
+
     def submit() -> Any:
-        return ctx.manager.submit(job_of(ctx, values, start, end), caller)
+        jobs.append(ctx.manager.submit(job_of(ctx, values, start, end), caller))
+        return jobs[0]
 
     def finish(result: Any) -> dict[str, Any]:
-        return finished(ctx, result, fmt, caller)
+        return finished(ctx, result, fmt, caller, jobs[0] if jobs else None)
 
     yield from job_updates(submit, finish, progress, enlarged)
 
@@ -80,11 +83,12 @@ def job_of(ctx: StudioContext, values: Mapping[str, Any], start: Any, end: Any) 
 
 
 def finished(
-    ctx: StudioContext, result: Any, fmt: str | None, caller: str | None = None
+    ctx: StudioContext, result: Any, fmt: str | None, caller: str | None = None, job: Any = None
 ) -> dict[str, Any]:
     """Every result output for a finished video job: files published for the player
-    and the download buttons."""
+    and the download buttons, and (with S3 or Redis on) stored as the job's task outputs."""
     files = publish_video(ctx.store, result, fmt or DEFAULT_FORMAT, caller)
+    warning = store_video(ctx.manager, job, result, files)
     label = f"Download {files.file.suffix[1:].upper()}"
     req = result.request
     return {
@@ -96,7 +100,7 @@ def finished(
         "time_taken": timing_text(result.timings),
         "preview": gr.Image(None, visible=False),
         "status": f"Done: {req.num_frames} frames, {req.width}x{req.height} at "
-        f"{req.fps} fps on {result.slot}",
+        f"{req.fps} fps on {result.slot}" + (f" · ⚠ {warning}" if warning else ""),
     }
 
 

@@ -24,6 +24,24 @@ class PublishedVideo:
     file: Path  # the chosen format (.mp4, .webp, .gif or .zip of PNG frames)
     parameters: Path  # its JSON sidecar
     player: Path  # an H.264 MP4 of the same frames, for gr.Video
+    saved: tuple[Path, ...] = ()  # the file and its JSON in the outputs folder (if on)
+
+
+def store_video(manager: Any, job: Any, result: Any, published: PublishedVideo) -> str | None:
+    """The saved video and its JSON as the job's task outputs: uploaded when S3 is set,
+    listed in Redis when task status is on (`manager.store_files`). A warning to show
+    if the upload failed (the task is then failed; the files stay), else None."""
+    from pipelines.storage import StorageError
+
+    on = getattr(manager, "store", None) is not None or getattr(manager, "reporter", None)
+    if not on or not published.saved or job is None:
+        return None
+    meta = {"seed": result.seed, "model": result.request.model}
+    try:
+        manager.store_files(job, list(published.saved), meta)
+    except StorageError as e:
+        return f"upload failed, kept locally: {e}"
+    return None
 
 
 def publish_video(
@@ -34,10 +52,12 @@ def publish_video(
     fps = result.request.fps
     stem = f"video-{result.seed}"
     request_dir = store.new_folder()
+    kept: tuple[Path, ...] = ()
     if store.outputs_dir is None:
         file, sidecar = save_video(result.frames, request_dir, fps, result.parameters, fmt, stem)
     else:
         saved = save_video(result.frames, store.outputs_dir, fps, result.parameters, fmt, stem)
+        kept = tuple(saved)
         if owner is not None:
             store.browser.record([saved[0]], owner)
         file, sidecar = (request_dir / p.name for p in saved)
@@ -47,4 +67,4 @@ def publish_video(
     if fmt != "mp4":
         player = request_dir / f"{stem}-player.mp4"
         write_mp4(result.frames, player, fps, comment=json.dumps(result.parameters, sort_keys=True))
-    return PublishedVideo(file, sidecar, player)
+    return PublishedVideo(file, sidecar, player, kept)
