@@ -150,10 +150,15 @@ def test_png_info_restores_strength_mask_blur_and_units(client, manager, files):
     out = client.predict(infotext, "tiny-sd", api_name="/send_to_generate")
     # The client returns the components' values (no Row, no Tabs): the form, 3 per LoRA row,
     # then strength, mask blur, inpaint area and padding, and 8 per unit (every unit
-    # widget but its image), then clip skip and VAE (restored since issue 11).
+    # widget but its image) (the sections it opens are layout: not in the client's values),
+    # then clip skip and VAE (restored since issue 11) and the hires fix fields.
+    from ui.hires_panel import HIRES_FIELDS
+
     per_unit, image_fields = 8, 4
-    assert len(out) == 11 + 3 * LORA_ROWS + image_fields + per_unit * CONTROL_UNITS + 2
-    assert (out[-2], out[-1]["value"]) == (1, "Automatic"), "clip skip 1, the model's own VAE"
+    units_end = 11 + 3 * LORA_ROWS + image_fields + per_unit * CONTROL_UNITS
+    assert len(out) == units_end + 2 + len(HIRES_FIELDS)
+    clip_skip, vae = out[units_end : units_end + 2]
+    assert (clip_skip, vae["value"]) == (1, "Automatic"), "clip skip 1, the model's own VAE"
     restored = out[11 + 3 * LORA_ROWS :]
     assert list(restored[:image_fields]) == [0.35, 6, "whole", 32]
     units = restored[image_fields:]
