@@ -93,8 +93,17 @@ def test_phone_shows_prompt_generate_and_result_on_the_first_screen(studio, brow
         seed, reuse = box(page, "#atelier-seed"), box(page, "#atelier-reuse")
         assert abs(seed["y"] - reuse["y"]) < 2 and reuse["x"] > seed["x"]
         assert reuse["x"] + reuse["width"] <= PHONE["width"]
-        if os.environ.get("ATELIER_SCREENSHOT"):
-            page.screenshot(path=str(ROOT / "assets" / "studio-phone.png"))
+        # after a result (the gallery's preview and its strip of thumbnails): still no
+        # sideways scroll, Stop still on the screen
+        textarea(page, "atelier-prompt").fill("a red circle")
+        set_number(page, "atelier-steps", 2)
+        set_number(page, "atelier-batch-size", 4)
+        page.locator("#atelier-generate").click()
+        expect(page.locator("#atelier-status")).to_contain_text("Done", timeout=120_000)
+        width = page.evaluate("document.documentElement.scrollWidth")
+        assert width <= PHONE["width"], f"a result widened the page to {width} px"
+        stop = box(page, "#atelier-stop")
+        assert stop["x"] + stop["width"] <= PHONE["width"], "Stop is off the screen"
     finally:
         page.close()
 

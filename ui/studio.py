@@ -62,6 +62,8 @@ CSS = """
   #atelier-left > *, #atelier-left > * > * { order: 3; }
   #atelier-prompt { order: 1 !important; }
   #atelier-right { order: 2; }
+  /* a result's preview strip must scroll inside the gallery, not widen the page */
+  #atelier-right, #atelier-right > *, #atelier-gallery { min-width: 0 !important; max-width: 100%; }
   #atelier-buttons, #atelier-seed-row { flex-wrap: nowrap; }
   #atelier-buttons > * { min-width: 0 !important; }
   #atelier-seed-row > *:first-child { min-width: 0 !important; flex: 1 1 0; }
