@@ -62,20 +62,21 @@ SAVE_EVERY_S = 240.0  # checkpoint at least this often (a session may be killed 
 class Plan:
     """Steps, batch sizes and learning rates of every stage (the recorded settings)."""
 
-    # Run 2, the shipped one (bench/SHAPES_TRAINING.md): ~2.5 h on the 2 cores.
+    # The shipped run's step counts (bench/SHAPES_TRAINING.md, run 2: its UNet ran 1600
+    # steps, then resumed to 3936 under a 4800-step schedule; its LoRA 1000, then 2500).
     vae_steps: int = 1000
     vae_batch: int = 16
     vae_lr: float = 1e-3
     vae_groups: int = 4  # GroupNorm groups: 16 (per-channel) normalised flat colours away
     n_latents: int = 16384  # precomputed scenes for the UNet/ControlNet stages
     n_outline: int = 4096  # precomputed outline scenes for the LoRA stage
-    unet_steps: int = 4800
+    unet_steps: int = 3936
     unet_batch: int = 32
     unet_lr: float = 1e-3
-    controlnet_steps: int = 2000
+    controlnet_steps: int = 1200
     controlnet_batch: int = 16
     controlnet_lr: float = 1e-3
-    lora_steps: int = 1500
+    lora_steps: int = 2500
     lora_batch: int = 16
     lora_lr: float = 1e-3
     lora_rank: int = 8
