@@ -31,7 +31,11 @@ CASES = [
     ({"model": "owner/../x"}, "model", "no paths"),
     ({"scheduler": "Bogus"}, "scheduler", "choose one of: Euler, Euler a"),
     ({"scheduler": "Flow Euler"}, "scheduler", "not a scheduler for Stable Diffusion"),
-    ({"loras": {"missing": 1.0}}, "loras", "unknown LoRA 'missing'; available: atelier-shapes-outline, tiny-sd-lora"),
+    (
+        {"loras": {"missing": 1.0}},
+        "loras",
+        "unknown LoRA 'missing'; available: atelier-shapes-outline, tiny-sd-lora",
+    ),
     ({"loras": {"../secret": 1.0}}, "loras", "no paths"),
     ({"loras": {"tiny-sd-lora": 5.0}}, "loras[tiny-sd-lora]", "from -2 to 2"),
     ({"loras": "tiny-sd-lora"}, "loras", "mapping of LoRA name to weight"),

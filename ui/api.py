@@ -170,14 +170,22 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
 
             with shown_as_gradio_errors(), refusals_recorded(ctx, task_id, ctx.caller(request)):
                 job = ImageJob(
-                    apply_extras(request_from_widgets(values), {
-                        "styles": styles, "enable_hr": enable_hr, "hr_scale": hr_scale,
-                        "hr_resize_x": hr_resize_x, "hr_resize_y": hr_resize_y,
-                        "hr_upscaler": hr_upscaler, "hr_prompt": hr_prompt,
-                        "hr_second_pass_steps": hr_second_pass_steps,
-                        "denoising_strength": denoising_strength,
-                        "hr_negative_prompt": hr_negative_prompt,
-                        "hr_sampler_name": hr_sampler_name}),  # fmt: skip
+                    apply_extras(
+                        request_from_widgets(values),
+                        {
+                            "styles": styles,
+                            "enable_hr": enable_hr,
+                            "hr_scale": hr_scale,
+                            "hr_resize_x": hr_resize_x,
+                            "hr_resize_y": hr_resize_y,
+                            "hr_upscaler": hr_upscaler,
+                            "hr_prompt": hr_prompt,
+                            "hr_second_pass_steps": hr_second_pass_steps,
+                            "denoising_strength": denoising_strength,
+                            "hr_negative_prompt": hr_negative_prompt,
+                            "hr_sampler_name": hr_sampler_name,
+                        },
+                    ),  # fmt: skip
                     api_images(init_image, mask_image, control_images, pixels).inputs(),
                     save_to=ctx.store.outputs_dir,  # each image saved as it is decoded
                     task_id=task_id or None,  # checked by the engine (field task_id)

@@ -83,7 +83,6 @@ class StudioContext:
         forwarded = request.headers.get("x-forwarded-for", "")
         return "addr:" + client_address(peer, forwarded, self.trusted_proxies)
 
-
     def outputs_viewer(self, request: gr.Request | None) -> str | None:
         """Whose outputs the Outputs tab lists: None (every file in the folder) on a
         private studio without logins; else only the caller's own (a logged-in user,

@@ -224,8 +224,14 @@ def build_generate_tab(ctx: StudioContext) -> GenerateTab:
         by_name = dict(zip(handlers.OUTPUTS, outputs, strict=True))
         event = run.click(  # Ctrl+Enter in the prompts clicks it (the studio's JS)
             gpu(run_job, lambda data, *_: gpu_seconds(ctx, lambda: job_spec(data))),
-            inputs={*by_component, *lora_inputs, *control.inputs(), history_items,
-                    styles.styles, *hires.inputs()},
+            inputs={
+                *by_component,
+                *lora_inputs,
+                *control.inputs(),
+                history_items,
+                styles.styles,
+                *hires.inputs(),
+            },
             outputs=outputs,
             api_name="studio_generate",
             api_visibility="undocumented",

@@ -100,6 +100,7 @@ def build_outputs_tab(ctx: StudioContext) -> OutputsTab:
 
         listing = [gallery, names, page, note]
         light = {"api_visibility": "undocumented", "concurrency_limit": None}
+
         def first(q: str, request: gr.Request) -> tuple[Any, ...]:
             return show(q, 1, request)
 
