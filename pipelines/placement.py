@@ -43,13 +43,12 @@ from typing import Any
 
 import torch
 
-from .adapters import AdapterSet
 from .cache import module_bytes
 from .errors import ModelUnavailableError
 from .infotext import quote
 from .loading import DTYPES, choose_dtype, load_pipeline
 from .registry import ModelEntry
-from .slots import DeviceSlot, LoadedModel, SlotPool, model_key
+from .slots import DeviceSlot, SlotPool, model_key
 
 log = logging.getLogger(__name__)
 
@@ -286,28 +285,16 @@ class PlacingPool(SlotPool):
     def placement_of(self, slot: DeviceSlot, entry: ModelEntry) -> Placement:
         return self._placements.get((slot.name, model_key(entry)), WHOLE)
 
-    def load(self, slot: DeviceSlot, entry: ModelEntry) -> str:
-        key = model_key(entry)
-        if key in slot.cache:
-            return key
+    def place(self, slot: DeviceSlot, entry: ModelEntry, key: str) -> tuple[Any, int]:
+        """SlotPool.place by this pool's decision (recorded for placement_of)."""
         decision = self.decide(slot, entry)
         dtype = choose_dtype(self.load_options.dtype, entry.family, slot.device)
         size = model_size(entry, dtype.itemsize)
         staged = sum(size.text_encoders.values()) if decision.mode == "staged" else 0
         slot.cache.make_room(size.total - staged)  # what will sit on the device
         pipe = load_placed(entry, slot, decision, self.load_options)
-        slot.loads += 1
-        a = self.adapter_options
-        loaded = LoadedModel(
-            entry=entry,
-            pipeline=pipe,
-            pristine_scheduler=dict(pipe.scheduler.config),
-            model_hash=self.hash_of(entry),
-            adapters=AdapterSet(pipe, a.mode, a.count, a.bytes, a.hotswap_rank),
-        )
         self._placements[(slot.name, key)] = decision
-        slot.cache.put(key, loaded, resident_bytes(pipe, decision))
-        return key
+        return pipe, resident_bytes(pipe, decision)
 
 
 def load_placed(entry: ModelEntry, slot: DeviceSlot, decision: Placement, options: Any) -> Any:

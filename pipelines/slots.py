@@ -84,9 +84,13 @@ class Waiter(Protocol):
     def placed(self, position: int) -> None: ...
 
 
+def gpu_count() -> int:
+    """CUDA GPUs this process sees (0 without CUDA)."""
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 def default_devices() -> tuple[str, ...]:
-    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    return tuple(f"cuda:{i}" for i in range(n)) or ("cpu",)
+    return tuple(f"cuda:{i}" for i in range(gpu_count())) or ("cpu",)
 
 
 def default_budget(device: torch.device, n_slots_on_device: int) -> int:
@@ -105,7 +109,7 @@ def check_engine_values(devices: tuple[str, ...], dtype: str) -> None:
 
     if dtype != "auto" and dtype not in DTYPES:
         raise RequestError("dtype", f"must be one of auto, {', '.join(DTYPES)}; got {dtype!r}")
-    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    gpus = gpu_count()
     have = f"this machine has {gpus} CUDA GPU(s)" if gpus else "this machine has no CUDA GPU"
     for slot in devices:
         for spec in slot.split("+"):
@@ -198,8 +202,7 @@ class SlotPool:
         key = model_key(entry)
         if key in slot.cache:
             return key
-        slot.cache.make_room(_disk_bytes(entry.path))
-        pipe = load_pipeline(entry, slot.device, self.load_options, slot.span)
+        pipe, resident = self.place(slot, entry, key)
         slot.loads += 1
         a = self.adapter_options
         loaded = LoadedModel(
@@ -209,8 +212,15 @@ class SlotPool:
             model_hash=self.hash_of(entry),
             adapters=AdapterSet(pipe, a.mode, a.count, a.bytes, a.hotswap_rank),
         )
-        slot.cache.put(key, loaded, module_bytes(pipe))
+        slot.cache.put(key, loaded, resident)
         return key
+
+    def place(self, slot: DeviceSlot, entry: ModelEntry, key: str) -> tuple[Any, int]:
+        """Make room on `slot` and load `entry` there: (the pipeline, the bytes it holds
+        on the device). placement.PlacingPool decides how a model is spread instead."""
+        slot.cache.make_room(_disk_bytes(entry.path))
+        pipe = load_pipeline(entry, slot.device, self.load_options, slot.span)
+        return pipe, module_bytes(pipe)
 
     @contextmanager
     def model_on_slot(

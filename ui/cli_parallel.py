@@ -19,7 +19,7 @@ crash loses only unfinished images); rank 0 then moves the images into `<out>` i
 job order with the same naming rule and prints one result line per job, in job
 order, with the final paths. Only rank 0 writes to stdout.
 
-Imports torch and accelerate only inside functions (ui/ imports no torch at import).
+Imports accelerate only inside functions; torch only through the engine (pipelines.slots).
 """
 
 from __future__ import annotations
@@ -52,12 +52,12 @@ def parallel_state(args: Any) -> Any:
     None. On GPUs, a process without --devices / ATELIER_DEVICES gets its own GPU."""
     if not launched():
         return None
-    import torch
     from accelerate import PartialState
 
     from pipelines.settings import ENGINE_SETTINGS, resolve
+    from pipelines.slots import gpu_count
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    state = PartialState(cpu=gpu_count() == 0)
     devices = resolve(ENGINE_SETTINGS, args)["devices"]
     if not devices and state.device.type == "cuda":
         args.devices = (str(state.device),)  # else every process would share cuda:0 first

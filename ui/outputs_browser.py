@@ -61,6 +61,21 @@ def _prompt_of(kind: str, text: str) -> str:
     return f"{params.get('prompt', '')}\n{params.get('negative_prompt', '')}"
 
 
+def _kind_of(name: str) -> str | None:
+    """ "image" or "video" for the file types the studio writes, else None."""
+    suffix = os.path.splitext(name)[1].lower()
+    if suffix in IMAGE_SUFFIXES:
+        return "image"
+    return "video" if suffix in VIDEO_SUFFIXES else None
+
+
+def paged(every: list[Entry], page: int, per_page: int = PER_PAGE) -> tuple[list[Entry], int, int]:
+    """(the entries of page `page` (1-based, clamped), the page number, pages in all)."""
+    pages = max(1, -(-len(every) // per_page))
+    page = min(max(1, int(page)), pages)
+    return every[(page - 1) * per_page : page * per_page], page, pages
+
+
 def _text_of(path: Path, kind: str) -> str:
     """The infotext of a PNG (A1111's `parameters`) or a video's JSON sidecar; "" if none."""
     if kind == "image":
@@ -123,9 +138,7 @@ class OutputsBrowser:
             for item in it:
                 if item.name.startswith(".") or not item.is_file(follow_symlinks=False):
                     continue
-                suffix = os.path.splitext(item.name)[1].lower()
-                kind = "image" if suffix in IMAGE_SUFFIXES else (
-                    "video" if suffix in VIDEO_SUFFIXES else None)  # fmt: skip
+                kind = _kind_of(item.name)
                 if kind:
                     found.append((item.stat().st_mtime, item.name, kind))
         found.sort(reverse=True)
@@ -137,23 +150,34 @@ class OutputsBrowser:
                 owner = owners.get(name)
                 if viewer is not None and owner != viewer:
                     continue
-                key = (name, mtime)
-                if key not in self._texts:
-                    text = _text_of(self.folder / name, kind)
-                    self._texts[key] = (text, _prompt_of(kind, text).lower())
-                text, prompt = self._texts[key]
-                if all(w in prompt for w in words):
-                    out.append(Entry(name, kind, mtime, text, prompt, owner))
+                entry = self._entry(name, kind, mtime, owner)
+                if all(w in entry.prompt for w in words):
+                    out.append(entry)
         return out
+
+    def _entry(self, name: str, kind: str, mtime: float, owner: str | None) -> Entry:
+        """One file's entry; its text is read once per (name, mtime). Under `_lock`."""
+        key = (name, mtime)
+        if key not in self._texts:
+            text = _text_of(self.folder / name, kind)  # type: ignore[operator]
+            self._texts[key] = (text, _prompt_of(kind, text).lower())
+        text, prompt = self._texts[key]
+        return Entry(name, kind, mtime, text, prompt, owner)
+
+    def entry(self, name: str, viewer: str | None) -> Entry:
+        """The entry of one file `viewer` may see (checked as `open` does), KeyError else."""
+        path = self.open(name, viewer)
+        kind = _kind_of(name)
+        if kind is None:
+            raise KeyError(name)
+        with self._lock:
+            return self._entry(name, kind, path.stat().st_mtime, self._load_owners().get(name))
 
     def page(
         self, viewer: str | None, query: str, page: int, per_page: int = PER_PAGE
     ) -> tuple[list[Entry], int, int]:
         """(entries of page `page` (1-based, clamped), the page number, pages in all)."""
-        every = self.entries(viewer, query)
-        pages = max(1, -(-len(every) // per_page))
-        page = min(max(1, int(page)), pages)
-        return every[(page - 1) * per_page : page * per_page], page, pages
+        return paged(self.entries(viewer, query), page, per_page)
 
     def open(self, name: str, viewer: str | None) -> Path:
         """The path of `name` in the folder, checked again: a plain file directly in the

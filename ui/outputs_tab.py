@@ -13,7 +13,7 @@ from typing import Any
 import gradio as gr
 
 from ui.context import StudioContext
-from ui.outputs_browser import PER_PAGE
+from ui.outputs_browser import PER_PAGE, paged
 
 
 @dataclass
@@ -33,14 +33,14 @@ def page_updates(
     browser = ctx.store.browser
     if browser.folder is None:
         return [], [], 1, "Saving is off on this server (outputs_dir = off): nothing to list."
-    entries, page_no, pages = browser.page(viewer, query or "", int(page or 1))
+    every = browser.entries(viewer, query or "")
+    entries, page_no, pages = paged(every, int(page or 1))
     folder = ctx.store.new_folder()
     items = []
     for e in entries:
         thumb = browser.thumbnail(browser.open(e.name, viewer), folder)
         items.append((str(thumb), e.name))
-    total = len(browser.entries(viewer, query or "")) if pages > 1 else len(entries)
-    note = f"Page {page_no} of {pages} · {total} file(s)"
+    note = f"Page {page_no} of {pages} · {len(every)} file(s)"
     if query:
         note += f" matching “{query}”"
     if not entries:
@@ -57,12 +57,12 @@ def selected_updates(
         return "", None, gr.Button(interactive=False), gr.Button(interactive=False)
     try:
         path = browser.open(names[index], viewer)
-    except KeyError:
+        entry = browser.entry(names[index], viewer)
+    except (KeyError, OSError):
         raise gr.Error("That file is no longer in the outputs folder.") from None
-    entry = next((e for e in browser.entries(viewer) if e.name == path.name), None)
     copy = browser.full_copy(path, ctx.store.new_folder())
-    image = entry is not None and entry.kind == "image"
-    text = entry.text if entry else ""
+    image = entry.kind == "image"
+    text = entry.text
     return (text, str(copy), gr.Button(interactive=image and bool(text)),
             gr.Button(interactive=image))  # fmt: skip
 

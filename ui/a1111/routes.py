@@ -183,41 +183,25 @@ def add_routes(app: FastAPI, ctx: StudioContext, config: RestConfig) -> None:
         await run_in_threadpool(options.set, caller, values)
         return None
 
-    @route(f"{PREFIX}/sd-models")
-    async def sd_models(request: Request, caller: str) -> Any:
-        return await run_in_threadpool(responses.sd_models, manager)
+    # Listings read from the engine's libraries (in a worker thread: they scan folders).
+    for name, read in (("sd-models", responses.sd_models), ("samplers", responses.samplers),
+                       ("loras", responses.loras), ("sd-vae", responses.vaes),
+                       ("embeddings", responses.embeddings), ("upscalers", responses.upscalers),
+                       ("prompt-styles", responses.prompt_styles)):  # fmt: skip
 
-    @route(f"{PREFIX}/samplers")
-    async def samplers(request: Request, caller: str) -> Any:
-        return await run_in_threadpool(responses.samplers, manager)
+        async def listing(request: Request, caller: str, read: Any = read) -> Any:
+            return await run_in_threadpool(read, manager)
+
+        listing.__name__ = name.replace("-", "_")
+        route(f"{PREFIX}/{name}")(listing)
 
     @route(f"{PREFIX}/schedulers")
     async def schedulers(request: Request, caller: str) -> Any:
         return responses.schedulers()
 
-    @route(f"{PREFIX}/loras")
-    async def loras(request: Request, caller: str) -> Any:
-        return await run_in_threadpool(responses.loras, manager)
-
-    @route(f"{PREFIX}/sd-vae")
-    async def sd_vae(request: Request, caller: str) -> Any:
-        return await run_in_threadpool(responses.vaes, manager)
-
-    @route(f"{PREFIX}/embeddings")
-    async def embeddings(request: Request, caller: str) -> Any:
-        return await run_in_threadpool(responses.embeddings, manager)
-
-    @route(f"{PREFIX}/upscalers")
-    async def upscalers(request: Request, caller: str) -> Any:
-        return await run_in_threadpool(responses.upscalers, manager)
-
     @route(f"{PREFIX}/latent-upscale-modes")
     async def latent_modes(request: Request, caller: str) -> Any:
         return responses.latent_upscale_modes()
-
-    @route(f"{PREFIX}/prompt-styles")
-    async def prompt_styles(request: Request, caller: str) -> Any:
-        return await run_in_threadpool(responses.prompt_styles, manager)
 
     @route(f"{PREFIX}/scripts")
     async def scripts(request: Request, caller: str) -> Any:
