@@ -4,6 +4,7 @@ describes each endpoint; a running job reports its steps through `job.status()`.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -83,20 +84,27 @@ def test_a_fractional_whole_number_is_refused_not_rounded(client):
      ("/video", {"model": "tiny-wan", "frames": 17, "width": 64, "height": 64, "steps": 60})],
 )  # fmt: skip
 def test_a_running_job_reports_step_k_of_n(server, endpoint, kwargs):
-    from gradio_client.utils import Status
+    from gradio_client.utils import Status, StatusUpdate
 
     job = Client(server.test_url, verbose=False).submit(prompt="slow", seed=1, **kwargs,
                                                         api_name=endpoint)  # fmt: skip
-    seen = None
+
+    async def first_step_status():
+        # Every update the client receives, in order (Job.__aiter__). Reading
+        # job.status() after an output races with the next message: the output's
+        # own message carries no progress (a model's first use reports hashing in
+        # bytes first, so wait for the steps unit).
+        async for update in job:
+            progress = isinstance(update, StatusUpdate) and update.progress_data
+            if progress and progress[0].unit == "steps":
+                return update
+        return None
+
     try:
-        for _ in job:  # one output per step; its progress message comes first
-            status = job.status()  # (a model's first use reports its hashing in bytes first)
-            if status.progress_data and status.progress_data[0].unit == "steps":
-                seen = status
-                break
+        seen = asyncio.run(first_step_status())
     finally:
         job.cancel()
-    assert seen is not None, "job.status() never reported progress"
+    assert seen is not None, "no progress update in steps arrived"
     assert seen.code == Status.PROGRESS
     unit = seen.progress_data[0]
     assert unit.unit == "steps" and unit.length == 60 * kwargs.get("batch_count", 1)
