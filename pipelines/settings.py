@@ -40,7 +40,14 @@ def parse_bool(text: str) -> bool:
         return True
     if value in ("0", "false", "no", "off", ""):
         return False
-    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}")
+    hint = ""
+    if value in SUBCOMMANDS:  # `app.py --api serve`: the bare flag took the subcommand
+        hint = (f" (a bare flag before the subcommand reads {text!r} as its value: put "
+                f"the flag after {text!r}, or give it true)")  # fmt: skip
+    raise argparse.ArgumentTypeError(f"expected true/false, got {text!r}{hint}")
+
+
+SUBCOMMANDS = ("serve", "models", "generate", "convert", "video", "upscale", "xyz")  # app.py
 
 
 def auto_or_int(text: str) -> int | str:
@@ -149,7 +156,9 @@ def add_arguments(
     SUPPRESS, so `app.py --x 1 generate` and `app.py generate --x 1` both work."""
     default = argparse.SUPPRESS if subcommand else None
     for s in table:
-        parser.add_argument(s.flag, dest=s.name, type=s.type, default=default,
+        # A boolean flag alone means true (`--api`, as A1111's); `--api false` still works.
+        bare = {"nargs": "?", "const": True} if s.type in (parse_bool, auto_or_bool) else {}
+        parser.add_argument(s.flag, dest=s.name, type=s.type, default=default, **bare,
                             help=f"{s.help} [env {s.env}; default {s.default!r}]")  # fmt: skip
 
 

@@ -221,6 +221,14 @@ class RedisReporter:
             fields = self._tasks.get(name)
             return None if fields is None else dict(fields)
 
+    def latest(self, caller: str) -> str | None:
+        """The name of `caller`'s newest task this process knows (by creation time), so
+        a caller who gave no task id can still find the one the server named."""
+        with self._cond:
+            mine = [(f.get("created") or 0.0, n) for n, f in self._tasks.items()
+                    if f.get("caller") == caller]  # fmt: skip
+        return max(mine)[1] if mine else None
+
     def flush(self, timeout: float = 10.0) -> bool:
         """Try to write everything now; True once nothing waits, False on timeout
         (Redis away). Does not wait out the retry backoff: it asks for an attempt."""

@@ -4,7 +4,6 @@ describes each endpoint; a running job reports its steps through `job.status()`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from tests.ui_support import launched_studio
+from tests.ui_support import first_progress, launched_studio
 
 INTS = {
     "/generate": ("steps", "seed", "width", "height", "batch_size", "batch_count", "mask_blur",
@@ -84,29 +83,17 @@ def test_a_fractional_whole_number_is_refused_not_rounded(client):
      ("/video", {"model": "tiny-wan", "frames": 17, "width": 64, "height": 64, "steps": 60})],
 )  # fmt: skip
 def test_a_running_job_reports_step_k_of_n(server, endpoint, kwargs):
-    from gradio_client.utils import Status, StatusUpdate
+    from gradio_client.utils import Status
 
     job = Client(server.test_url, verbose=False).submit(prompt="slow", seed=1, **kwargs,
                                                         api_name=endpoint)  # fmt: skip
-
-    async def first_step_status():
-        # Every update the client receives, in order (Job.__aiter__). Reading
-        # job.status() after an output races with the next message: the output's
-        # own message carries no progress (a model's first use reports hashing in
-        # bytes first, so wait for the steps unit).
-        async for update in job:
-            progress = isinstance(update, StatusUpdate) and update.progress_data
-            if progress and progress[0].unit == "steps":
-                return update
-        return None
-
-    try:
-        seen = asyncio.run(first_step_status())
+    try:  # a model's first use reports its hashing in bytes first: wait for the steps
+        found = first_progress(job, lambda unit: unit.unit == "steps")
     finally:
         job.cancel()
-    assert seen is not None, "no progress update in steps arrived"
+    assert found is not None, "no progress update in steps arrived"
+    seen, unit = found
     assert seen.code == Status.PROGRESS
-    unit = seen.progress_data[0]
     assert unit.unit == "steps" and unit.length == 60 * kwargs.get("batch_count", 1)
     assert 1 <= unit.index <= unit.length and unit.desc.startswith(f"Step {unit.index}/")
     assert server.atelier_context.manager.wait_idle(60), "the cancelled job kept its slot"

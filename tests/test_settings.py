@@ -48,3 +48,16 @@ def test_settings_flags_work_before_and_after_the_subcommand():
     after = parser.parse_args(["generate", "--prompt", "x", "--loras-dir", "b"])
     assert (before.loras_dir, after.loras_dir) == ("a", "b")
     assert parser.parse_args(["generate", "--prompt", "x"]).loras_dir is None
+
+
+def test_a_boolean_flag_alone_means_true():
+    from app import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["serve", "--api"]).api is True, "A1111's bare --api"
+    assert parser.parse_args(["serve", "--api", "--share", "false"]).share is False
+    assert parser.parse_args(["serve", "--api", "false"]).api is False
+    assert parser.parse_args(["serve", "--public"]).public is True  # auto_or_bool too
+    assert parser.parse_args(["serve"]).api is None, "unset: the environment or the default"
+    with pytest.raises(argparse.ArgumentTypeError, match="put the flag after 'serve'"):
+        next(s for s in SERVER_SETTINGS if s.name == "api").type("serve")

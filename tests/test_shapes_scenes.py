@@ -121,3 +121,32 @@ def test_tokenizer_has_one_token_per_caption_word() -> None:
     assert len({v[0] for v in ids.values()}) == len(ids), "two words share a token"
     full = tok("a red circle on a blue background").input_ids
     assert len(full) == 7 + 2 and full[0] == tok.bos_token_id and full[-1] == tok.eos_token_id
+
+
+def test_the_decoder_stage_tunes_only_the_decoder(tmp_path) -> None:
+    """Run 3's `decoder` stage: the encoder (so every latent the UNet, ControlNet and LoRA
+    learned from) stays bit for bit; the decoder changes; a second run is skipped."""
+    import shutil
+    from dataclasses import replace
+
+    import torch
+    from safetensors.torch import load_file
+
+    from pipelines.shapes import train as T
+
+    out = tmp_path / "out"
+    shutil.copytree(T.Path("assets") / T.MODEL, out / T.MODEL)
+    info = T.json.loads((out / T.MODEL / "atelier.json").read_text())
+    info["training"].pop("decoder_steps", None)  # as before run 3
+    (out / T.MODEL / "atelier.json").write_text(T.json.dumps(info))
+    before = load_file(out / T.MODEL / "vae" / "diffusion_pytorch_model.safetensors")
+    assert not T.stage_done(out, "decoder")
+    torch.manual_seed(0)
+    T.stage_decoder(replace(T.PILOT, decoder_steps=2, warmup=1), tmp_path / "work", out)
+    after = load_file(out / T.MODEL / "vae" / "diffusion_pytorch_model.safetensors")
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith(("decoder.", "post_quant_conv.")) for k in changed)
+    assert after["encoder.conv_in.weight"].dtype == torch.float16, "exported in fp16"
+    assert T.stage_done(out, "decoder"), "atelier.json records the stage"
+    assert (tmp_path / "work" / "decoder" / "loss.csv").read_text().count("\n") == 2

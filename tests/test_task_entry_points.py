@@ -311,6 +311,15 @@ def test_the_studio_api_reports_uploads_refuses_and_cancels(studio, db, endpoint
                        api_name="/generate")  # fmt: skip
     with pytest.raises(AppError, match="no task 'web-9' of yours"):
         client.predict(task_id="web-9", api_name="/task")
+    # no task_id: the server names the task; a blank /task returns it, by that name too
+    files, _, _ = client.predict(prompt="a fox", seed=10, steps=2, width=64, height=64,
+                                 api_name="/generate")  # fmt: skip
+    latest = client.predict(task_id="", api_name="/task")
+    assert latest["status"] == "done" and latest["task"] not in (name, "addr:127.0.0.1:web-4")
+    assert latest["outputs"][0].endswith(Path(files[0]).name), latest
+    again = client.predict(task_id=latest["task"], api_name="/task")
+    assert again["task"] == latest["task"] and again["outputs"] == latest["outputs"]
+    assert m.reporter.latest("addr:10.9.9.9") is None, "another caller has no latest task"
     # a cancel from the client: Gradio closes the handler, which cancels the engine's job
     stepping: list[Any] = []
     started = threading.Event()

@@ -21,6 +21,7 @@ from tests.ui_support import (
     CHROMIUM,
     CHROMIUM_ARGS,
     TIMEOUT_MS,
+    first_progress,
     launched_studio,
     require_browser,
     set_number,
@@ -271,7 +272,6 @@ ETA = re.compile(r"Step \d+/\d+ · (about \d+ s|under a second) left")
 
 
 def test_the_progress_line_and_the_api_show_the_jobs_eta(studio, browser) -> None:
-    import time
 
     from gradio_client import Client
 
@@ -287,10 +287,8 @@ def test_the_progress_line_and_the_api_show_the_jobs_eta(studio, browser) -> Non
     job = Client(studio.test_url, verbose=False).submit(
         prompt="eta", steps=150, width=64, height=64, api_name="/generate"
     )
-    seen, deadline = None, time.monotonic() + 120
-    while seen is None and not job.done() and time.monotonic() < deadline:
-        units = job.status().progress_data or []
-        seen = next((u.desc for u in units if u.desc and ETA.search(u.desc)), None)
-        time.sleep(0.05)  # polling the job's state until the condition holds
-    job.cancel()
-    assert seen is not None, "no progress description with an ETA reached the API client"
+    try:
+        found = first_progress(job, lambda u: bool(u.desc and ETA.search(u.desc)))
+    finally:
+        job.cancel()
+    assert found is not None, "no progress description with an ETA reached the API client"

@@ -91,3 +91,23 @@ def set_number(page: Any, elem_id: str, value: int) -> None:
     box.fill(str(value))
     box.press("Enter")
     box.blur()
+
+
+def first_progress(job: Any, accept: Any) -> Any:
+    """The first progress unit of a gradio_client `job` for which `accept(unit)` holds,
+    read from the client's ordered stream of updates (Job.__aiter__), else None when
+    the job ends first. Polling `job.status()` instead races: the message that carries
+    an output (a preview) carries no progress and replaces the latest status."""
+    import asyncio
+
+    from gradio_client.utils import StatusUpdate
+
+    async def scan() -> Any:
+        async for update in job:
+            if isinstance(update, StatusUpdate):
+                unit = next((u for u in update.progress_data or [] if accept(u)), None)
+                if unit is not None:
+                    return update, unit
+        return None
+
+    return asyncio.run(scan())

@@ -236,8 +236,9 @@ def build_api(ctx: StudioContext) -> gr.Blocks:
         pre_trigger.click(preprocess, pre_inputs, control_map, api_name="preprocess",
                           api_description=PREPROCESS_DESCRIPTION, show_progress="hidden",
                           **PREPROCESS_GROUP)  # fmt: skip
-        task_inputs = [gr.Textbox("", label="task_id: the task_id you gave /generate (or "
-                                  "the task's full name, as /task returns it)")]  # fmt: skip
+        task_inputs = [gr.Textbox("", label="task_id: the task_id you gave /generate, or the "
+                                  "task's full name as /task returns it; blank = your "
+                                  "latest task")]  # fmt: skip
         task_state = gr.JSON(label="task")
         task_trigger = gr.Button()
 
@@ -267,7 +268,8 @@ TASK_DESCRIPTION = (
     "The status of one of your tasks, as the server keeps it in Redis (needs the server's "
     "redis_url): task (its name there: <you>:<task_id>), status (queued, running, done, "
     "failed, cancelled), progress 0..1, step, total, outputs (S3 URLs when S3 is set, "
-    "else file paths), error, error_field. Only your own tasks are found."
+    "else file paths), error, error_field. Only your own tasks are found. A blank task_id "
+    "gives your latest task (with the name the server made when you gave none)."
 )
 
 
@@ -282,10 +284,19 @@ def task_status(ctx: StudioContext, task_id: str, request: gr.Request | None) ->
     caller = ctx.caller(request)
     given = (task_id or "").strip()
     prefix = f"{caller}:"
-    name = given if given.startswith(prefix) else task_key(given, caller)
-    state = reporter.state(name) if given else None
+    if not given:  # the caller's newest task, e.g. one the server named
+        name = reporter.latest(caller)
+        state = reporter.state(name) if name else None
+    else:
+        name = given if given.startswith(prefix) else task_key(given, caller)
+        state = reporter.state(name)
+        if state is None:  # a name the server made (no task_id given): the caller's own only
+            other = reporter.state(given)
+            if other is not None and other.get("caller") == caller:
+                name, state = given, other
     if state is None:
-        raise gr.Error(f"task_id: no task {given!r} of yours on this server")
+        what = f"task {given!r}" if given else "task"
+        raise gr.Error(f"task_id: no {what} of yours on this server")
     return {"task": name, **state}
 
 

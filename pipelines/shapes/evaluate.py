@@ -28,7 +28,7 @@ def plot_losses(workdir: Path, png: Path) -> None:
     from PIL import Image, ImageDraw
 
     w, h, pad = 420, 260, 40
-    img = Image.new("RGB", (2 * w, 2 * h), "white")
+    img = Image.new("RGB", (2 * w, (len(STAGES) + 1) // 2 * h), "white")
     draw = ImageDraw.Draw(img)
     for k, stage in enumerate(STAGES):
         ox, oy = (k % 2) * w, (k // 2) * h
