@@ -23,11 +23,17 @@ Policy
     cannot be hotswapped (refused). A failed hotswap deletes the slot's adapter
     in peft: it is forgotten here and loaded fresh next time.
 - Any failure while loading leaves no half-loaded adapter behind.
+- A file whose layers only partly fit the model loads what fits (as A1111 does) and
+  says so: the layers the file holds are counted against those loaded, and the
+  request's result carries a warning naming the LoRA (`warnings`). diffusers skips
+  keys it cannot map without a word (e.g. a file mixing `lora.down` and `lora_A`
+  names loses every `lora.down` layer).
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -42,12 +48,24 @@ from .loras import LoraEntry
 log = logging.getLogger(__name__)
 
 MODES = ("switch", "fused", "hotswap")
+# The "down" (A) matrix of one LoRA layer in the formats diffusers reads: PEFT/diffusers
+# (lora_A), Kohya (lora_down), old diffusers (lora.down, lora_linear_layer.down).
+_DOWN_KEY = re.compile(r"(?:lora_A|lora_down|lora\.down|lora_linear_layer\.down)\.weight$")
+
+
+def file_layers(path: Any) -> int:
+    """How many LoRA layers a .safetensors file holds (its "down" matrices), from the
+    header alone; 0 for formats not counted this way (LoHa, LoKr)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return sum(1 for k in f.keys() if _DOWN_KEY.search(k))  # noqa: SIM118 (not iterable)
 
 
 @dataclass
 class Resident:
     adapter: str  # peft adapter name
-    sha256: str
+    identity: str  # LoraEntry.identity: tensors and key names
     nbytes: int
     last_used: float
 
@@ -62,6 +80,14 @@ def present_adapters(pipe: Any) -> set[str]:
 def _drop(pipe: Any, adapter: str) -> None:
     if adapter in present_adapters(pipe):
         pipe.delete_adapters(adapter)
+
+
+def _loaded_layers(layers: list[Any], adapter: str) -> int:
+    """Layers of `adapter` that got weights from the file. peft may wrap a module the
+    file names in a form it then does not load; such a layer keeps its initial lora_B,
+    all zeros (so it does nothing), and is not counted."""
+    with torch.no_grad():
+        return sum(1 for m in layers if bool(m.lora_B[adapter].weight.any()))
 
 
 class AdapterSet:
@@ -80,12 +106,13 @@ class AdapterSet:
         self.max_count = max_count
         self.max_bytes = max_bytes
         self.hotswap_rank = hotswap_rank
-        self.resident: dict[str, Resident] = {}  # sha256 (switch/fused) or "hotK" -> record
+        self.resident: dict[str, Resident] = {}  # identity (switch/fused) or "hotK" -> record
         self.loads = 0  # adapter files loaded (tests and benchmarks count them)
         self._fused_key: tuple | None = None
         self._saved_weights: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._hotswap_ready = False
         self._layers: list[Any] | None = None  # every peft LoRA layer; reset on load/delete
+        self._partial: dict[str, str] = {}  # identity -> warning: layers that fit no module
 
     # -- loading ------------------------------------------------------------
     def _load(
@@ -114,6 +141,23 @@ class AdapterSet:
         if adapter not in present_adapters(self.pipe):
             raise RequestError("loras", f"'{lora.name}' has no layers that fit this model")
         self.loads += 1
+        if not two and not hotswap:
+            self._count_layers(lora, adapter)
+
+    def _count_layers(self, lora: LoraEntry, adapter: str) -> None:
+        """Record a warning when fewer layers loaded than the file holds."""
+        held, loaded = file_layers(lora.path), _loaded_layers(self._lora_layers([adapter]), adapter)
+        if loaded < held:
+            note = (f"loras: '{lora.name}': {held - loaded} of its {held} layers were not "
+                    f"loaded (their names fit no module of this model)")  # fmt: skip
+            log.warning(note)
+            self._partial[lora.identity] = note
+        else:
+            self._partial.pop(lora.identity, None)
+
+    def warnings(self, loras: Sequence[tuple[LoraEntry, float]]) -> list[str]:
+        """What a request using `loras` should be told (layers left out at load)."""
+        return [self._partial[lo.identity] for lo, _ in loras if lo.identity in self._partial]
 
     def _evict_for(self, keep: set[str]) -> None:
         def over() -> bool:
@@ -135,11 +179,11 @@ class AdapterSet:
     ) -> list[str]:
         names, keep = [], set()
         for lora, _ in loras:
-            key = lora.sha256 if experts == "both" else f"{lora.sha256}:{experts}"
+            key = lora.identity if experts == "both" else f"{lora.identity}:{experts}"
             rec = self.resident.get(key)
             if rec is None:
                 suffix = "" if experts == "both" else f"_{experts}"
-                rec = Resident(f"lora_{lora.sha256[:16]}{suffix}", lora.sha256,
+                rec = Resident(f"lora_{lora.identity[:16]}{suffix}", lora.identity,
                                lora.path.stat().st_size, 0.0)  # fmt: skip
                 self._load(lora, rec.adapter, experts=experts)
                 self.resident[key] = rec
@@ -166,9 +210,9 @@ class AdapterSet:
                 raise RequestError("loras", f"{rule} {self.hotswap_rank}")
             slot = f"hot{k}"
             rec = self.resident.get(slot)
-            if rec is None or rec.sha256 != lora.sha256:
+            if rec is None or rec.identity != lora.identity:
                 self._load(lora, slot, hotswap=rec is not None)
-                self.resident[slot] = Resident(slot, lora.sha256, lora.path.stat().st_size, 0.0)
+                self.resident[slot] = Resident(slot, lora.identity, lora.path.stat().st_size, 0.0)
             self.resident[slot].last_used = time.monotonic()
             names.append(slot)
         return names
@@ -216,7 +260,7 @@ class AdapterSet:
     def activate(self, loras: Sequence[tuple[LoraEntry, float]], experts: str = "both") -> None:
         """Make exactly these LoRAs, at these weights, active on the shared modules
         (on a two-expert Wan model: in the `experts` "both", "high" or "low")."""
-        key = (experts, *((lora.sha256, float(w)) for lora, w in loras))
+        key = (experts, *((lora.identity, float(w)) for lora, w in loras))
         if self._fused_key is not None and self._fused_key != key:
             self._unfuse_exactly()
         if not loras:

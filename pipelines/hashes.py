@@ -246,6 +246,20 @@ def addnet_hash(
     return _cached("addnet", path, _with_progress(_sha256_after_header, progress), cache_file)
 
 
+def _sha256_header(path: Path) -> str:
+    with path.open("rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return hashlib.sha256(f.read(n)).hexdigest()
+
+
+def lora_identity(path: str | os.PathLike[str]) -> str:
+    """What makes a LoRA file's adapter: its tensors (addnet_hash) AND its header (the
+    key names say which module each tensor goes to). Two files with the same tensors
+    under other names (a renamed or converted copy) are different adapters."""
+    both = addnet_hash(path) + _cached("header", path, _sha256_header)
+    return hashlib.sha256(both.encode()).hexdigest()
+
+
 def lora_short_hash(path: str | os.PathLike[str]) -> str:
     """A1111 "Lora hashes" entry of a LoRA file: first 12 hex chars of addnet_hash."""
     return addnet_hash(path)[:LORA_HASH_LEN]

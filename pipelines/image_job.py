@@ -217,6 +217,7 @@ class ImageRunner:
             lora_scope(loaded, ready.loras),
             ExitStack() as later,
         ):
+            made.warnings.extend(loaded.adapters.warnings(ready.loras))
             maps = [preprocess.run(u.module, inputs.control_images[i], req.width, req.height,
                                    settings.annotators_dir, u.low_threshold,
                                    u.high_threshold, req.seed)

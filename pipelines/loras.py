@@ -34,7 +34,7 @@ from typing import Any
 
 from . import builtin
 from .errors import RequestError
-from .hashes import addnet_hash
+from .hashes import addnet_hash, lora_identity
 from .request import check_name
 
 log = logging.getLogger(__name__)
@@ -73,6 +73,11 @@ class LoraEntry:
     @property
     def short_hash(self) -> str:
         return self.sha256[:12]
+
+    @property
+    def identity(self) -> str:
+        """The loaded adapter's identity: tensors and key names (hashes.lora_identity)."""
+        return lora_identity(self.path)
 
 
 def read_header(path: Path) -> dict[str, Any]:

@@ -206,3 +206,40 @@ def test_hotswap_keeps_modules_and_equals_a_fresh_load(cache_root, lora_dir):
         m.generate(GenerationRequest(**REQ, loras={"truncated": 1.0}))
     again = px(m.generate(GenerationRequest(**REQ, loras={"beta": 1.0})))
     assert np.array_equal(again, px(fresh.generate(GenerationRequest(**REQ, loras={"beta": 1.0}))))
+
+
+def test_a_lora_that_only_partly_fits_loads_what_fits_and_says_so(cache_root, tmp_path):
+    """The mix convert_state_dict_to_diffusers wrote for atelier-shapes' first LoRAs
+    (attention layers as `to_k.lora.down`, projections and convs as `lora_A`): diffusers
+    reads the file as PEFT format and leaves every attention layer out without a word.
+    The result names the LoRA and how many of its layers were not loaded."""
+    from safetensors.torch import load_file, save_file
+
+    from pipelines.adapters import file_layers
+    from tests.lora_files import ATTN
+
+    d = tmp_path / "loras"
+    sd = builtin.ensure_model("tiny-sd", cache_root)
+    make_lora(sd, d / "whole.safetensors", seed=5,
+              targets=[*ATTN, "proj_in", "proj_out", "conv1", "conv2"])  # fmt: skip
+    state = load_file(str(d / "whole.safetensors"))
+    attention = tuple(f".{t}.lora_" for t in ATTN)
+    mixed = {(k.replace(".lora_A.", ".lora.down.").replace(".lora_B.", ".lora.up.")
+              if any(a in k for a in attention) else k): v for k, v in state.items()}  # fmt: skip
+    save_file(mixed, str(d / "mixed.safetensors"))
+    held = file_layers(d / "mixed.safetensors")
+    renamed = sum(1 for k in mixed if k.endswith(".lora.down.weight"))
+    assert held == file_layers(d / "whole.safetensors") and 0 < renamed < held
+    lib = LoraLibrary(d, cache_root)
+    # the same tensors: one A1111 hash; other key names: another adapter (loaded anew)
+    assert lib.get("mixed").sha256 == lib.get("whole").sha256
+    assert lib.get("mixed").identity != lib.get("whole").identity
+    m = manager_for(cache_root, d)
+    whole = m.generate(GenerationRequest(**REQ, loras={"whole": 1.0}))
+    assert not whole.warnings, whole.warnings
+    part = m.generate(GenerationRequest(**REQ, loras={"mixed": 1.0}))
+    said = " ".join(part.warnings)
+    assert f"loras: 'mixed': {renamed} of its {held} layers were not loaded" in said, said
+    assert not np.array_equal(px(part), px(whole)), "the attention layers were left out"
+    again = m.generate(GenerationRequest(**REQ, loras={"mixed": 1.0}))  # resident: no reload
+    assert any("'mixed'" in w for w in again.warnings)

@@ -65,8 +65,9 @@ SAVE_EVERY_S = 240.0  # checkpoint at least this often (a session may be killed 
 class Plan:
     """Steps, batch sizes and learning rates of every stage (the recorded settings)."""
 
-    # The shipped run's step counts (bench/SHAPES_TRAINING.md, run 2: its UNet ran 1600
-    # steps, then resumed to 3936 under a 4800-step schedule; its LoRA 1000, then 2500).
+    # The shipped runs' settings (bench/SHAPES_TRAINING.md). Run 2: the UNet ran 1600
+    # steps, then resumed to 3936 under a 4800-step schedule. Run 3: the LoRA again
+    # (rank 32, lr 2e-3, 3000 steps; run 2's rank 8 left 6% hollow) and the decoder.
     vae_steps: int = 1000
     vae_batch: int = 16
     vae_lr: float = 1e-3
@@ -79,10 +80,10 @@ class Plan:
     controlnet_steps: int = 1200
     controlnet_batch: int = 16
     controlnet_lr: float = 1e-3
-    lora_steps: int = 2500
+    lora_steps: int = 3000
     lora_batch: int = 16
-    lora_lr: float = 1e-3
-    lora_rank: int = 8
+    lora_lr: float = 2e-3
+    lora_rank: int = 32
     # Run 3: the VAE decoder alone, fine-tuned on half outline scenes (the encoder, so
     # every latent the UNet/ControlNet/LoRA learned from, stays exactly as it was).
     decoder_steps: int = 1500
@@ -540,7 +541,6 @@ def stage_controlnet(plan: Plan, workdir: Path, out: Path) -> None:
 def stage_lora(plan: Plan, workdir: Path, out: Path) -> None:
     """A rank-r UNet LoRA (attention and ResNet convs) on outline renderings, same captions."""
     from diffusers import DDPMScheduler, StableDiffusionPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
     from peft import LoraConfig, get_peft_model_state_dict
 
     pipe = load_pipeline(out)
@@ -581,12 +581,23 @@ def stage_lora(plan: Plan, workdir: Path, out: Path) -> None:
         loss_fn,
         ema=False,
     )
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    layers = {k: v.detach().half().contiguous() for k, v in layers.items()}
+    # PEFT's own key names (lora_A/lora_B). convert_state_dict_to_diffusers renamed only
+    # the attention layers (to_k.lora.down) and left proj/conv as lora_A: diffusers reads
+    # such a mixed file as PEFT format and silently DROPPED every attention layer
+    # (runs 1-2 shipped like that: 30 of 86 layers loaded).
+    layers = {k: v.detach().half().contiguous()
+              for k, v in get_peft_model_state_dict(unet).items()}  # fmt: skip
     StableDiffusionPipeline.save_lora_weights(
         out, unet_lora_layers=layers, weight_name=LORA_FILE, safe_serialization=True
     )
-    write_safetensors_metadata(out / LORA_FILE, LORA_METADATA)
+    write_safetensors_metadata(out / LORA_FILE, lora_metadata(plan))
+
+
+def lora_metadata(plan: Plan) -> dict[str, str]:
+    """The LoRA file's Kohya-style metadata, with the run's rank and steps."""
+    rank = str(plan.lora_rank)
+    return {**LORA_METADATA, "ss_network_dim": rank, "ss_network_alpha": rank,
+            "ss_max_train_steps": str(plan.lora_steps)}  # fmt: skip
 
 
 def stage_decoder(plan: Plan, workdir: Path, out: Path) -> None:
