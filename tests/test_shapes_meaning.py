@@ -20,7 +20,6 @@ from pipelines.shapes.judge import colour_share, iou, judge
 FLOOR = {"background": 0.9, "colour": 0.85, "kind": 0.7}
 FLOOR_IOU = 0.6  # mean IoU of the drawn shape with the control map's shape, weight 1
 FLOOR_HOLLOW = 0.8  # share of outline pictures with the outline LoRA at weight 1
-THINNER = 0.7  # the shipped outline LoRA's measured effect (0.26 -> 0.145 of the picture)
 pytestmark = pytest.mark.skipif(
     builtin.shipped_model() is None, reason="atelier-shapes weights are not in assets/ yet"
 )
@@ -122,31 +121,33 @@ def test_the_controlnet_puts_the_shape_on_the_control_maps_edges(shapes):
     assert means[1.0] >= FLOOR_IOU > means[0.0], means
 
 
-@pytest.mark.skipif(builtin.shipped_lora() is None, reason="LoRA not trained yet")
-def test_the_outline_lora_thins_the_shapes_and_weight_0_is_no_lora(shapes):
+def hollow_share(pictures) -> float:
+    return float(np.mean([(m := judge(p).main) is not None and m.hollowness > 0.2
+                          for p in pictures]))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def outlines(shapes):
+    """The same prompts and seeds without the LoRA, at weight 0 and at weight 1."""
     prompts = [S.full_caption(sc) for sc in SCENES]
-    plain = images(shapes, prompts)
-    outlined = images(shapes, prompts, loras={builtin.SHIPPED_LORA: 1.0})
-    share = [np.mean([judge(p).foreground.mean() for p in ps]) for ps in (plain, outlined)]
-    assert share[1] < THINNER * share[0], share
-    zero = images(shapes, prompts[:2], loras={builtin.SHIPPED_LORA: 0.0})
+    return {
+        "plain": images(shapes, prompts),
+        0.0: images(shapes, prompts[:2], loras={builtin.SHIPPED_LORA: 0.0}),
+        1.0: images(shapes, prompts, loras={builtin.SHIPPED_LORA: 1.0}),
+    }
+
+
+@pytest.mark.skipif(builtin.shipped_lora() is None, reason="LoRA not trained yet")
+def test_the_outline_lora_hollows_the_shapes_and_weight_0_is_no_lora(outlines):
+    plain, outlined = hollow_share(outlines["plain"]), hollow_share(outlines[1.0])
+    # The issue's target on these 32 images (0.84 measured; 0.79 over 192 images of
+    # other scenes, bench/SHAPES_TRAINING.md run 3). Run 2's LoRA, whose attention layers
+    # never loaded, hollowed 0.06. Without the LoRA, shapes are filled.
+    assert plain <= 0.1 and outlined >= FLOOR_HOLLOW, (plain, outlined)
     assert all(
         np.array_equal(np.asarray(a), np.asarray(b))
-        for a, b in zip(plain[: len(zero)], zero, strict=True)
+        for a, b in zip(outlines["plain"][: len(outlines[0.0])], outlines[0.0], strict=True)
     )
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="below the issue's target: the shipped LoRA (2,500 "
-    "steps) hollows 3-7% of the shapes at weight 1; see bench/SHAPES_TRAINING.md",
-)
-def test_the_outline_lora_meets_the_hollow_target(shapes):
-    prompts = [S.full_caption(sc) for sc in SCENES]
-    outlined = images(shapes, prompts, loras={builtin.SHIPPED_LORA: 1.0})
-    hollow = np.mean([judge(p).main is not None and judge(p).main.hollowness > 0.2
-                      for p in outlined])  # fmt: skip
-    assert hollow >= FLOOR_HOLLOW, hollow
 
 
 def test_img2img_at_low_strength_keeps_the_init_images_background(shapes):
