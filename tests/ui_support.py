@@ -99,6 +99,7 @@ def first_progress(job: Any, accept: Any) -> Any:
     the job ends first. Polling `job.status()` instead races: the message that carries
     an output (a preview) carries no progress and replaces the latest status."""
     import asyncio
+    import concurrent.futures
 
     from gradio_client.utils import StatusUpdate
 
@@ -110,4 +111,7 @@ def first_progress(job: Any, accept: Any) -> Any:
                     return update, unit
         return None
 
-    return asyncio.run(scan())
+    # In its own thread: a test driving Playwright's sync API already runs an event
+    # loop in this one, where asyncio.run() is refused.
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, scan()).result()
