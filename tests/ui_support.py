@@ -93,10 +93,11 @@ def set_number(page: Any, elem_id: str, value: int) -> None:
     box.blur()
 
 
-def first_progress(job: Any, accept: Any) -> Any:
-    """The first progress unit of a gradio_client `job` for which `accept(unit)` holds,
-    read from the client's ordered stream of updates (Job.__aiter__), else None when
-    the job ends first. Polling `job.status()` instead races: the message that carries
+def first_progress(job: Any, accept: Any, timeout: float = 300.0) -> Any:
+    """(update, unit): the first progress unit of a gradio_client `job` for which
+    `accept(unit)` holds, read from the client's ordered stream of updates
+    (Job.__aiter__); None when the job ends first, or is cancelled after `timeout`
+    seconds without one. Polling `job.status()` instead races: the message that carries
     an output (a preview) carries no progress and replaces the latest status."""
     import asyncio
     import concurrent.futures
@@ -113,5 +114,11 @@ def first_progress(job: Any, accept: Any) -> Any:
 
     # In its own thread: a test driving Playwright's sync API already runs an event
     # loop in this one, where asyncio.run() is refused.
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(asyncio.run, scan()).result()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    try:
+        return pool.submit(asyncio.run, scan()).result(timeout=timeout)
+    except concurrent.futures.TimeoutError:
+        job.cancel()  # the stream then ends, and with it the thread
+        return None
+    finally:
+        pool.shutdown(wait=False)
