@@ -187,6 +187,8 @@ def cmd_video(args: argparse.Namespace) -> int:
         urls = manager.store_files(job, [path, sidecar], meta)  # S3 and Redis, when set
     except AtelierError as e:
         return _print_error(e)
+    for warning in result.warnings:  # e.g. LoRA layers that did not load
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         report = {"paths": [str(path), str(sidecar)], "seed": result.seed,
                   "request": result.request.to_dict(),
@@ -195,6 +197,8 @@ def cmd_video(args: argparse.Namespace) -> int:
             report["task_id"] = manager.task_name(job)
         if manager.store is not None:
             report["urls"] = urls
+        if result.warnings:
+            report["warnings"] = list(result.warnings)
         print(json.dumps(report))
     else:
         print(f"{path}\n{sidecar}")

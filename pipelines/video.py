@@ -90,6 +90,7 @@ class VideoResult:
     parameters: dict[str, Any]  # what made it, for the file's metadata
     slot: str
     timings: dict[str, float]
+    warnings: list[str] = field(default_factory=list)  # e.g. LoRA layers that did not load
 
 
 def resolve(req: VideoRequest, model: str, family: Family, flow_shift: float) -> VideoRequest:
@@ -239,6 +240,7 @@ class VideoRunner:
             callback = step_callback(family.name, 0, 1, req.height, req.width, ctx.on_progress,
                                      ctx.cancel, settings.preview_every)  # fmt: skip
             with lora_scope(loaded, loras, req.lora_experts):
+                warnings = loaded.adapters.warnings(loras)
                 out = pipe(**call_arguments(req, family, image, end_image),
                            callback_on_step_end=callback,
                            callback_on_step_end_tensor_inputs=["latents"])  # fmt: skip
@@ -250,7 +252,7 @@ class VideoRunner:
                   "memory": {"offload": settings.load.offload,
                              "vae_tiling": settings.load.vae_tiling,
                              "devices": slot.span}}  # fmt: skip
-        return VideoResult(req, frames, req.seed, params, slot.name, timings)
+        return VideoResult(req, frames, req.seed, params, slot.name, timings, warnings)
 
 
 def _scheduler_config(folder: Any) -> dict[str, Any]:

@@ -172,7 +172,26 @@ def wan_lora(cache_root, tmp_path_factory):
     state = {f"transformer.{k}": v.contiguous()
              for k, v in get_peft_model_state_dict(wan.transformer).items()}  # fmt: skip
     save_file(state, str(folder / "wan-style.safetensors"))
+    # the same plus one layer for a block this transformer does not have
+    extra = {k.replace("blocks.0.", "blocks.99."): v.clone() for k, v in state.items()
+             if k.startswith("transformer.blocks.0.attn1.to_q.")}  # fmt: skip
+    save_file({**state, **extra}, str(folder / "wan-extra.safetensors"))
     return folder
+
+
+def test_a_video_lora_that_partly_loads_says_so(cache_root, wan_lora):
+    from pipelines.adapters import file_layers
+
+    m = PipelineManager(EngineSettings(default_model="tiny-sd", devices=("cpu",),
+                                       cache_root=cache_root, loras_dir=wan_lora))  # fmt: skip
+    whole = m.generate_video(VideoRequest(**BASE, loras={"wan-style": 1.0}))
+    part = m.generate_video(VideoRequest(**BASE, loras={"wan-extra": 1.0}))
+    held = file_layers(wan_lora / "wan-extra.safetensors")
+    assert held == file_layers(wan_lora / "wan-style.safetensors") + 1
+    assert whole.warnings == []
+    assert part.warnings == [f"loras: 'wan-extra': 1 of its {held} layers were not loaded "
+                             "(their names fit no module of this model)"]  # fmt: skip
+    assert np.array_equal(part.frames, whole.frames), "what fits is the same LoRA"
 
 
 def test_wan_loras_equal_diffusers_and_go_into_one_or_both_experts(cache_root, wan_lora):

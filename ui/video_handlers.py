@@ -100,7 +100,8 @@ def finished(
         "time_taken": timing_text(result.timings),
         "preview": gr.Image(None, visible=False),
         "status": f"Done: {req.num_frames} frames, {req.width}x{req.height} at "
-        f"{req.fps} fps on {result.slot}" + (f" · ⚠ {warning}" if warning else ""),
+        f"{req.fps} fps on {result.slot}"
+        + "".join(f" · ⚠ {w}" for w in [*result.warnings, *([warning] if warning else [])]),
     }
 
 
