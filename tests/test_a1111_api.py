@@ -459,3 +459,44 @@ def test_a_client_that_goes_away_cancels_its_job(server, events):
     finally:
         for job in jobs:
             job.cancel()
+
+
+def test_extra_single_image_upscales_as_a1111_extras(server):
+    from pipelines.outputs import read_png_parameters
+
+    source = gradient(48)
+    r = post(server, "extra-single-image", {"image": b64(source), "upscaler_1": "Lanczos",
+                                            "upscaling_resize": 2})  # fmt: skip
+    assert r.status_code == 200, r.text
+    big = decoded(r.json()["image"])
+    assert big.size == (96, 96)
+    assert same(big, source.resize((96, 96), Image.Resampling.LANCZOS)), "a plain Lanczos resize"
+    info = read_png_parameters(io.BytesIO(base64.b64decode(r.json()["image"])))
+    assert "Postprocess upscale by: 2" in info and "Postprocess upscaler: Lanczos" in info
+    assert "Postprocess upscaler: Lanczos" in r.json()["html_info"]
+    # resize_mode 1 with crop: upscale to cover 96x64, then centre-crop (A1111's default)
+    r = post(server, "extra-single-image", {"image": b64(source), "resize_mode": 1,
+                                            "upscaling_resize_w": 96,
+                                            "upscaling_resize_h": 64})  # fmt: skip
+    assert r.status_code == 200, r.text
+    cropped = decoded(r.json()["image"])
+    cover = source.resize((96, 96), Image.Resampling.LANCZOS)  # "None" resizes with Lanczos
+    assert same(cropped, cover.crop((0, 16, 96, 80)))
+    assert "Postprocess crop to: 96x64" in r.json()["html_info"]
+    r = post(server, "extra-single-image", {"image": b64(source), "resize_mode": 1,
+                                            "upscaling_resize_w": 96, "upscaling_resize_h": 64,
+                                            "upscaling_crop": False})  # fmt: skip
+    assert decoded(r.json()["image"]).size == (96, 64), "stretched to the exact size"
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [({"upscaler_1": "4x-Nope"}, "upscaler_1"), ({"upscaling_resize": 99}, "upscaling_resize"),
+     ({"gfpgan_visibility": 0.5}, "gfpgan_visibility"), ({"resize_mode": 2}, "resize_mode"),
+     ({"image": "bm90IGFuIGltYWdl"}, "image"),
+     ({"resize_mode": 1, "upscaling_resize_w": 0}, "upscaling_resize_w")],
+)  # fmt: skip
+def test_extra_single_image_refuses_naming_the_a1111_field(server, change, field):
+    r = post(server, "extra-single-image", {"image": b64(gradient(32)), **change})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field and r.json()["detail"].startswith(f"{field}: "), r.json()

@@ -340,3 +340,61 @@ def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
     out = painted.convert("RGB")
     out.paste(rgb, mask=keep)
     return out
+
+
+# -- /sdapi/v1/extra-single-image (A1111's Extras tab, one image) --------------------
+# The engine's names of an UpscaleJob's fields, as A1111's extras request names them.
+EXTRAS_FIELDS = {"upscaler": "upscaler_1", "scale": "upscaling_resize",
+                 "width": "upscaling_resize_w", "height": "upscaling_resize_h"}  # fmt: skip
+# Extras steps Atelier does not run: refused unless off, never silently skipped.
+EXTRAS_OFF = ("gfpgan_visibility", "codeformer_visibility", "extras_upscaler_2_visibility")
+
+
+def extras_job(body: Any, max_pixels: int) -> tuple[Any, tuple[int, int] | None]:
+    """The UpscaleJob of an A1111 ExtrasSingleImageRequest, and the (w, h) to crop its
+    result to (resize_mode 1 with upscaling_crop: upscale to cover, then centre-crop,
+    as A1111 does), or None. Nothing is saved: A1111's API does not save Extras
+    results either. Raises RequestError naming A1111's field."""
+    import math
+
+    from pipelines.upscale_job import UpscaleJob, UpscaleRequest
+
+    if not isinstance(body, dict):
+        raise RequestError("body", "must be a JSON object")
+    for name in EXTRAS_OFF:
+        if _number(body, name, 0.0) != 0:
+            raise RequestError(name, "face restoration and a second upscaler are not "
+                               "available here: send 0")  # fmt: skip
+    image = decode_image("image", body.get("image"), max_pixels)
+    upscaler = body.get("upscaler_1") or "None"
+    if not isinstance(upscaler, str):
+        raise RequestError("upscaler_1", f"must be an upscaler name, got {upscaler!r}")
+    mode = body.get("resize_mode", 0)
+    if mode == 0:
+        request = UpscaleRequest(upscaler, scale=_number(body, "upscaling_resize", 2.0))
+        return UpscaleJob(request, image), None
+    if mode != 1:
+        raise RequestError("resize_mode", "must be 0 (scale by upscaling_resize) or 1 (to "
+                           f"upscaling_resize_w x upscaling_resize_h), got {mode!r}")  # fmt: skip
+    w = _whole(body, "upscaling_resize_w", 512)
+    h = _whole(body, "upscaling_resize_h", 512)
+    if not body.get("upscaling_crop", True):
+        return UpscaleJob(UpscaleRequest(upscaler, width=w, height=h), image), None
+    cover = max(w / image.width, h / image.height)
+    size = (max(w, math.ceil(image.width * cover)), max(h, math.ceil(image.height * cover)))
+    request = UpscaleRequest(upscaler, width=size[0], height=size[1])
+    return UpscaleJob(request, image), (w, h)
+
+
+def _number(body: dict, name: str, default: float) -> float:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RequestError(name, f"must be a number, got {value!r}")
+    return float(value)
+
+
+def _whole(body: dict, name: str, default: int) -> int:
+    value = body.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise RequestError(name, f"must be a whole number of pixels above 0, got {value!r}")
+    return value

@@ -74,6 +74,20 @@ def generated(result: Any, payload: Any, started: float) -> dict:
     return {"images": images, "parameters": payload.echo, "info": info}
 
 
+def extras(result: Any, crop: tuple[int, int] | None) -> dict:
+    """A1111's ExtrasSingleImageResponse: the upscaled (and, with `crop`, centre-cropped)
+    image as base64 PNG carrying its parameters, and those parameters as `html_info`."""
+    import html
+
+    image, info = result.images[0], result.infotexts[0]
+    if crop is not None:
+        w, h = crop
+        left, top = (image.width - w) // 2, (image.height - h) // 2
+        image = image.crop((left, top, left + w, top + h))
+        info = f"{info}, Postprocess crop to: {w}x{h}"
+    return {"html_info": f"<p>{html.escape(info)}</p>", "image": png_base64(image, info)}
+
+
 def interrupted(echo: dict[str, Any]) -> dict:
     """A request whose job was interrupted: A1111 answers 200 with what it made; the
     engine keeps no half-made images, so the list is empty and `info` says why."""

@@ -24,7 +24,7 @@ from starlette.requests import Request  # at run time: FastAPI reads the annotat
 
 from ui.a1111 import responses
 from ui.a1111.options import OptionStore
-from ui.a1111.payload import a1111_field, decode_image, parse
+from ui.a1111.payload import EXTRAS_FIELDS, a1111_field, decode_image, extras_job, parse
 from ui.rest import ApiError, RestConfig, basic_user, caller_of, read_json, run_job
 
 if TYPE_CHECKING:
@@ -152,6 +152,18 @@ def add_routes(app: FastAPI, ctx: StudioContext, config: RestConfig) -> None:
     @route(f"{PREFIX}/img2img", "POST")
     async def img2img(request: Request, caller: str) -> Any:
         return await generate(request, caller, img2img=True)
+
+    @route(f"{PREFIX}/extra-single-image", "POST")
+    async def extra_single_image(request: Request, caller: str) -> Any:
+        from pipelines.errors import RequestError
+
+        body = await read_json(request, config.max_body)
+        spec, crop = await run_in_threadpool(extras_job, body, manager.settings.max_image_pixels)
+        try:  # an UpscaleJob's own field names, as the extras request names them
+            result = await run_job(ctx, spec, caller, request)
+        except RequestError as e:
+            raise RequestError(EXTRAS_FIELDS.get(e.field, e.field), e.rule) from None
+        return await run_in_threadpool(responses.extras, result, crop)
 
     @route(f"{PREFIX}/progress")
     async def progress(request: Request, caller: str) -> Any:
