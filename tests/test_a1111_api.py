@@ -126,6 +126,8 @@ def test_webuiapi_client(server):
     assert "tiny-sd" in [m["model_name"] for m in api.get_sd_models()]
     assert "Euler a" in api.util_get_sampler_names()
     assert api.png_info(result.image).info.startswith("a red fox\nSteps: 2")
+    up = api.extra_single_image(result.image, upscaler_1="Lanczos", upscaling_resize=2)
+    assert same(up.image, result.image.resize((128, 128), Image.Resampling.LANCZOS))
 
 
 def test_img2img_and_inpainting_match_the_engine(server):
