@@ -139,7 +139,11 @@ def add_word(text: str | None, word: str | None) -> str:
 
 def done_text(count: int, slot: str, warnings: list[str]) -> str:
     """The status line of a finished job, with the engine's warnings (ignored prompt syntax)."""
-    text = f"Done: {count} image(s) on {slot}"
+    return with_warnings(f"Done: {count} image(s) on {slot}", warnings)
+
+
+def with_warnings(text: str, warnings: list[str]) -> str:
+    """A status line followed by each warning (a job's result, or a failed upload)."""
     return text + "".join(f" · ⚠ {w}" for w in warnings)
 
 

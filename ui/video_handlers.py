@@ -13,7 +13,7 @@ from PIL.Image import Resampling
 
 from ui.context import StudioContext
 from ui.form import family_updates, open_image
-from ui.generate_handlers import job_updates
+from ui.generate_handlers import job_updates, with_warnings
 from ui.video_form import (
     DEFAULT_FORMAT,
     for_family,
@@ -99,9 +99,11 @@ def finished(
         "last_seed": result.seed,
         "time_taken": timing_text(result.timings),
         "preview": gr.Image(None, visible=False),
-        "status": f"Done: {req.num_frames} frames, {req.width}x{req.height} at "
-        f"{req.fps} fps on {result.slot}"
-        + "".join(f" · ⚠ {w}" for w in [*result.warnings, *([warning] if warning else [])]),
+        "status": with_warnings(
+            f"Done: {req.num_frames} frames, {req.width}x{req.height} at "
+            f"{req.fps} fps on {result.slot}",
+            [*result.warnings, *([warning] if warning else [])],
+        ),
     }
 
 

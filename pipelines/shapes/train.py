@@ -391,6 +391,11 @@ def stage_done(out: Path, stage: str) -> bool:
 # ---------------------------------------------------------------- stages
 
 
+def recon_loss(recon: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The autoencoder's reconstruction loss: MSE + 0.5 L1."""
+    return ((recon - x) ** 2).mean() + 0.5 * (recon - x).abs().mean()
+
+
 def stage_vae(plan: Plan, workdir: Path, out: Path) -> None:
     """Autoencoder on freshly rendered scenes (30% outlines, which the LoRA must decode)."""
     torch.manual_seed(plan.seed)
@@ -407,7 +412,7 @@ def stage_vae(plan: Plan, workdir: Path, out: Path) -> None:
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=gen)
         recon = vae.decode(z).sample
-        return ((recon - x) ** 2).mean() + 0.5 * (recon - x).abs().mean() + 1e-6 * post.kl().mean()
+        return recon_loss(recon, x) + 1e-6 * post.kl().mean()
 
     train_loop(
         "vae",
@@ -627,8 +632,7 @@ def stage_decoder(plan: Plan, workdir: Path, out: Path) -> None:
         x = to_tensor(images)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean  # what the UNet's latents are
-        recon = vae.decode(z).sample
-        return ((recon - x) ** 2).mean() + 0.5 * (recon - x).abs().mean()
+        return recon_loss(vae.decode(z).sample, x)
 
     train_loop(
         "decoder",

@@ -357,12 +357,14 @@ def extras_job(body: Any, max_pixels: int) -> tuple[Any, tuple[int, int] | None]
     results either. Raises RequestError naming A1111's field."""
     import math
 
-    from pipelines.upscale_job import UpscaleJob, UpscaleRequest
+    from pipelines.request import check_int, check_number
+    from pipelines.upscale import MAX_SCALE
+    from pipelines.upscale_job import MAX_SIDE, UpscaleJob, UpscaleRequest
 
     if not isinstance(body, dict):
         raise RequestError("body", "must be a JSON object")
     for name in EXTRAS_OFF:
-        if _number(body, name, 0.0) != 0:
+        if body.get(name, 0) not in (0, None):
             raise RequestError(name, "face restoration and a second upscaler are not "
                                "available here: send 0")  # fmt: skip
     image = decode_image("image", body.get("image"), max_pixels)
@@ -371,30 +373,19 @@ def extras_job(body: Any, max_pixels: int) -> tuple[Any, tuple[int, int] | None]
         raise RequestError("upscaler_1", f"must be an upscaler name, got {upscaler!r}")
     mode = body.get("resize_mode", 0)
     if mode == 0:
-        request = UpscaleRequest(upscaler, scale=_number(body, "upscaling_resize", 2.0))
+        scale = body.get("upscaling_resize", 2.0)
+        check_number("upscaling_resize", scale, 0, MAX_SCALE)  # the engine: above 0 too
+        request = UpscaleRequest(upscaler, scale=float(scale))
         return UpscaleJob(request, image), None
     if mode != 1:
         raise RequestError("resize_mode", "must be 0 (scale by upscaling_resize) or 1 (to "
                            f"upscaling_resize_w x upscaling_resize_h), got {mode!r}")  # fmt: skip
-    w = _whole(body, "upscaling_resize_w", 512)
-    h = _whole(body, "upscaling_resize_h", 512)
+    w, h = body.get("upscaling_resize_w", 512), body.get("upscaling_resize_h", 512)
+    check_int("upscaling_resize_w", w, 1, MAX_SIDE)
+    check_int("upscaling_resize_h", h, 1, MAX_SIDE)
     if not body.get("upscaling_crop", True):
         return UpscaleJob(UpscaleRequest(upscaler, width=w, height=h), image), None
     cover = max(w / image.width, h / image.height)
     size = (max(w, math.ceil(image.width * cover)), max(h, math.ceil(image.height * cover)))
     request = UpscaleRequest(upscaler, width=size[0], height=size[1])
     return UpscaleJob(request, image), (w, h)
-
-
-def _number(body: dict, name: str, default: float) -> float:
-    value = body.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise RequestError(name, f"must be a number, got {value!r}")
-    return float(value)
-
-
-def _whole(body: dict, name: str, default: int) -> int:
-    value = body.get(name, default)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise RequestError(name, f"must be a whole number of pixels above 0, got {value!r}")
-    return value
